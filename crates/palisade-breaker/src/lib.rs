@@ -1,0 +1,1 @@
+//! palisade-breaker (being built; see its issue).

@@ -1,0 +1,1 @@
+//! palisade-ratelimit (being built; see its issue).

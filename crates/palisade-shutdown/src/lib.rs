@@ -1,0 +1,1 @@
+//! palisade-shutdown (being built; see its issue).

@@ -1,0 +1,29 @@
+//! # palisade
+//!
+//! Production-grade [`tower`](https://docs.rs/tower) middleware for network
+//! services: the concurrency patterns that keep axum, hyper and tonic services
+//! alive under load. Each pattern is its own crate; this facade re-exports
+//! them behind a Cargo feature of the same name (all on by default through
+//! `full`).
+//!
+//! | feature     | module                 | crate                |
+//! |-------------|------------------------|----------------------|
+//! | `ratelimit` | [`ratelimit`]          | `palisade-ratelimit` |
+//! | `breaker`   | [`breaker`]            | `palisade-breaker`   |
+//! | `shutdown`  | [`shutdown`]           | `palisade-shutdown`  |
+//!
+//! The gateway example (`cargo run --release --example gateway`) composes all
+//! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
+//! the order of the layers and `docs/architecture.md` for why.
+
+#[cfg(feature = "ratelimit")]
+#[doc(inline)]
+pub use palisade_ratelimit as ratelimit;
+
+#[cfg(feature = "breaker")]
+#[doc(inline)]
+pub use palisade_breaker as breaker;
+
+#[cfg(feature = "shutdown")]
+#[doc(inline)]
+pub use palisade_shutdown as shutdown;
