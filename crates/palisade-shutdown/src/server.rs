@@ -1,0 +1,349 @@
+//! Serving helper (feature `hyper`): accept with hyper-util's auto builder
+//! (HTTP/1 and HTTP/2) and drain connections on shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::metric_names;
+
+/// An HTTP server over a [`TcpListener`] whose connections can be drained.
+///
+/// [`Server::run`] accepts connections until [`ServerHandle::stop_accepting`]
+/// (or [`ServerHandle::drain`]) closes the listener, so new connections are
+/// refused. [`ServerHandle::drain`] then asks every connection to finish:
+/// idle HTTP/1 keep-alive connections close at once, busy ones finish their
+/// response with `Connection: close`, HTTP/2 connections get a GOAWAY and
+/// finish their open streams. What remains when the drain's deadline fires
+/// is force-closed. The [`ConnectionReport`] says how many ended which way.
+///
+/// ```no_run
+/// # #[cfg(feature = "hyper")]
+/// # async fn demo() -> std::io::Result<()> {
+/// use std::convert::Infallible;
+/// use palisade_shutdown::server::Server;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let svc = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, Infallible>(http::Response::new(String::from("hello")))
+/// });
+/// let server = Server::new(listener, svc);
+/// let handle = server.handle();
+/// tokio::spawn(server.run());
+/// // ... at shutdown:
+/// let report = handle
+///     .drain(tokio::time::sleep(std::time::Duration::from_secs(30)))
+///     .await;
+/// println!("{report}");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server<S> {
+    listener: TcpListener,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    closed: ClosedOnDrop,
+}
+
+struct Shared {
+    stop: CancellationToken,
+    listener_closed: CancellationToken,
+    drain: CancellationToken,
+    force: CancellationToken,
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    graceful: AtomicU64,
+    forced: AtomicU64,
+    conns: TaskTracker,
+}
+
+/// Cancels its token when dropped, i.e. when the listener is gone.
+struct ClosedOnDrop(CancellationToken);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl Server ===
+
+impl<S> Server<S> {
+    /// A server for `service` (a tower service, cloned per connection) on
+    /// `listener`, with hyper-util's auto builder defaults.
+    pub fn new(listener: TcpListener, service: S) -> Self {
+        let listener_closed = CancellationToken::new();
+        Self {
+            listener,
+            service,
+            builder: auto::Builder::new(TokioExecutor::new()),
+            shared: Arc::new(Shared {
+                stop: CancellationToken::new(),
+                listener_closed: listener_closed.clone(),
+                drain: CancellationToken::new(),
+                force: CancellationToken::new(),
+                open: AtomicUsize::new(0),
+                accepted: AtomicU64::new(0),
+                graceful: AtomicU64::new(0),
+                forced: AtomicU64::new(0),
+                conns: TaskTracker::new(),
+            }),
+            closed: ClosedOnDrop(listener_closed),
+        }
+    }
+
+    /// The hyper-util builder, to tune HTTP/1 and HTTP/2 settings.
+    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
+        &mut self.builder
+    }
+
+    /// A handle to stop and drain this server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The listener's local address.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpListener::local_addr`].
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+impl<S, B> Server<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Accepts connections until told to stop, serving each on its own task.
+    /// Returns once the listener is closed; connections keep being served
+    /// until they end or are drained.
+    pub async fn run(self) {
+        let Server {
+            listener,
+            service,
+            builder,
+            shared,
+            closed,
+        } = self;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = shared.stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Per-connection errors (reset before accept) are not
+                    // the listener's; resource exhaustion (EMFILE) is, and
+                    // retrying at once would spin.
+                    if !is_connection_error(&error) {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::select! {
+                            () = shared.stop.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                    }
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            shared.accepted.fetch_add(1, Ordering::Relaxed);
+            shared.open.fetch_add(1, Ordering::AcqRel);
+            let open = OpenGuard(shared.clone());
+            let builder = builder.clone();
+            let service = TowerToHyperService::new(service.clone());
+            shared.conns.spawn(async move {
+                let shared = open.0.clone();
+                let conn =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let mut conn = pin!(conn);
+                let mut draining = false;
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = conn.as_mut() => {
+                            if let Err(error) = result {
+                                tracing::debug!(error = %error, "connection ended with an error");
+                            }
+                            if draining {
+                                shared.graceful.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!(metric_names::CONNECTIONS_CLOSED, "how" => "graceful").increment(1);
+                            }
+                            break;
+                        }
+                        () = shared.force.cancelled() => {
+                            // Dropping the connection closes the socket.
+                            shared.forced.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(metric_names::CONNECTIONS_CLOSED, "how" => "forced").increment(1);
+                            break;
+                        }
+                        () = shared.drain.cancelled(), if !draining => {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+                drop(open);
+            });
+        }
+        drop(listener);
+        drop(closed);
+        tracing::info!("listener closed");
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+impl<S> fmt::Debug for Server<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("handle", &self.handle())
+            .finish()
+    }
+}
+
+/// Controls a [`Server`]: stop accepting, drain, counts. Clones share the
+/// server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+// === impl ServerHandle ===
+
+impl ServerHandle {
+    /// Stops accepting and waits until the listener is closed (from then on
+    /// connection attempts are refused). Resolves at once if the server was
+    /// dropped without running.
+    pub async fn stop_accepting(&self) {
+        self.shared.stop.cancel();
+        self.shared.listener_closed.cancelled().await;
+    }
+
+    /// Stops accepting, asks every open connection to close gracefully and
+    /// waits until they have; when `force_at` resolves first, the remaining
+    /// connections are closed at once (their in-flight responses are cut).
+    pub async fn drain<F: Future>(&self, force_at: F) -> ConnectionReport {
+        self.stop_accepting().await;
+        let open_at_drain = self.open_connections();
+        let graceful_before = self.shared.graceful.load(Ordering::Relaxed);
+        let forced_before = self.shared.forced.load(Ordering::Relaxed);
+        tracing::info!(open = open_at_drain, "draining connections");
+        self.shared.drain.cancel();
+        self.shared.conns.close();
+        {
+            let all_closed = self.shared.conns.wait();
+            let mut all_closed = pin!(all_closed);
+            tokio::select! {
+                biased;
+                () = all_closed.as_mut() => {}
+                _ = force_at => {
+                    let left = self.open_connections();
+                    tracing::warn!(left, "drain deadline: force-closing connections");
+                    self.shared.force.cancel();
+                    all_closed.await;
+                }
+            }
+        }
+        let report = ConnectionReport {
+            open_at_drain,
+            closed_gracefully: (self.shared.graceful.load(Ordering::Relaxed) - graceful_before)
+                as usize,
+            forced: (self.shared.forced.load(Ordering::Relaxed) - forced_before) as usize,
+        };
+        tracing::info!(%report, "connections drained");
+        report
+    }
+
+    /// Force-closes every open connection now.
+    pub fn force_close(&self) {
+        self.shared.force.cancel();
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted since the server started.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("open", &self.open_connections())
+            .field("accepted", &self.accepted())
+            .field("accepting", &!self.shared.listener_closed.is_cancelled())
+            .finish()
+    }
+}
+
+/// What [`ServerHandle::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionReport {
+    /// Connections open when the drain started.
+    pub open_at_drain: usize,
+    /// Connections that closed on their own after the drain started (idle
+    /// ones at once, busy ones after their last response).
+    pub closed_gracefully: usize,
+    /// Connections force-closed at the deadline.
+    pub forced: usize,
+}
+
+impl fmt::Display for ConnectionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} connection(s) open at drain, {} closed gracefully, {} force-closed",
+            self.open_at_drain, self.closed_gracefully, self.forced
+        )
+    }
+}

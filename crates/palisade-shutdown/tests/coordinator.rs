@@ -1,0 +1,423 @@
+//! The coordinator under paused time: scopes, phase order, deadlines, forcing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_shutdown::{Error, Phase, PhaseStatus, Scope, Shutdown, Trigger, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, advance, sleep};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Lets spawned tasks run to their next await point without moving time.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_scope_cancels_children_never_parent_or_siblings() {
+    let root = Scope::new("root");
+    let a = root.child("a");
+    let a1 = a.child("a1");
+    let b = root.child("b");
+    assert_eq!(a1.path(), "root/a/a1");
+
+    a.cancel();
+    assert!(a.is_cancelled());
+    assert!(a1.is_cancelled());
+    assert!(!root.is_cancelled());
+    assert!(!b.is_cancelled());
+
+    // A child created from a cancelled scope starts cancelled.
+    assert!(a.child("late").is_cancelled());
+
+    root.cancel();
+    assert!(b.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn scopes_track_their_tasks_and_their_childrens() {
+    let root = Scope::new("root");
+    let child = root.child("child");
+    for (scope, name, after) in [(&root, "r", 1), (&child, "c1", 2), (&child, "c2", 3)] {
+        let token = scope.token();
+        scope.spawn(name, async move {
+            token.cancelled().await;
+            sleep(secs(after)).await;
+        });
+    }
+    settle().await;
+    assert_eq!(root.running(), 3);
+    assert_eq!(child.running(), 2);
+
+    root.cancel();
+    let start = Instant::now();
+    child.wait().await;
+    assert_eq!(start.elapsed(), secs(3));
+    assert_eq!(child.running(), 0);
+    assert_eq!(root.running(), 0, "the root task finished at 1s");
+    root.wait().await;
+    assert_eq!(start.elapsed(), secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_names_every_task_left_and_ends_them() {
+    let root = Scope::new("root");
+    let child = root.child("db");
+    root.spawn("forever", std::future::pending::<()>());
+    child.spawn("pool", std::future::pending::<()>());
+    child.spawn("quick", async {});
+    settle().await;
+    assert_eq!(root.running(), 2);
+    assert_eq!(root.abort(), vec!["root/db/pool", "root/forever"]);
+    root.wait().await;
+    assert_eq!(root.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_run_in_order_each_after_the_previous_one() {
+    let shutdown = Shutdown::new();
+    let log = Arc::new(Mutex::new(Vec::<(&str, Duration)>::new()));
+    let t0 = Instant::now();
+    for (name, work) in [
+        ("readiness-off", 0),
+        ("stop-accepting", 1),
+        ("drain", 4),
+        ("flush", 2),
+    ] {
+        let log = log.clone();
+        shutdown
+            .add_phase(Phase::new(name, secs(10)).action(move |_ctx| async move {
+                log.lock().unwrap().push((name, t0.elapsed()));
+                sleep(secs(work)).await;
+            }))
+            .unwrap();
+        if name == "readiness-off" {
+            shutdown.add_phase(Phase::delay("delay", secs(5))).unwrap();
+        }
+    }
+    assert!(shutdown.start(Trigger::Requested));
+    assert!(
+        !shutdown.start(Trigger::Signal("SIGTERM")),
+        "only the first trigger counts"
+    );
+    let outcome = shutdown.run().await;
+
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            ("readiness-off", secs(0)),
+            ("stop-accepting", secs(5)),
+            ("drain", secs(6)),
+            ("flush", secs(10)),
+        ]
+    );
+    let names: Vec<_> = outcome.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["readiness-off", "delay", "stop-accepting", "drain", "flush"]
+    );
+    let elapsed: Vec<_> = outcome.phases.iter().map(|p| p.elapsed).collect();
+    assert_eq!(elapsed, [secs(0), secs(5), secs(1), secs(4), secs(2)]);
+    assert!(
+        outcome
+            .phases
+            .iter()
+            .all(|p| p.status == PhaseStatus::Completed)
+    );
+    assert_eq!(outcome.trigger, Trigger::Requested);
+    assert_eq!(outcome.elapsed, secs(12));
+    assert!(outcome.is_clean());
+    assert_eq!(outcome.code(), 0);
+    assert!(
+        shutdown.scope().is_cancelled(),
+        "root scope cancelled after the last phase"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_turns_off_when_shutdown_starts_before_any_phase() {
+    let shutdown = Shutdown::new();
+    let readiness = shutdown.readiness();
+    assert!(readiness.is_ready());
+    shutdown.start(Trigger::Signal("SIGTERM"));
+    assert!(!readiness.is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_cuts_tasks_still_running_and_names_them() {
+    let shutdown = Shutdown::new();
+    let workers = shutdown.scope().child("workers");
+    // One worker stops 2s after being told, one ignores cancellation.
+    let token = workers.token();
+    workers.spawn("polite", async move {
+        token.cancelled().await;
+        sleep(secs(2)).await;
+    });
+    workers.spawn("stuck", std::future::pending::<()>());
+    let later = shutdown.scope().child("later");
+    later.spawn("after", std::future::pending::<()>());
+    settle().await;
+
+    shutdown
+        .add_phase(
+            Phase::new("flush", secs(10))
+                .cancel(&workers)
+                .wait(&workers),
+        )
+        .unwrap();
+    shutdown
+        .add_phase(Phase::new("close", secs(1)).cancel(&later).wait(&later))
+        .unwrap();
+    shutdown.start(Trigger::Requested);
+    let outcome = shutdown.run().await;
+
+    let flush = outcome.phase("flush").unwrap();
+    assert_eq!(flush.status, PhaseStatus::DeadlineExceeded);
+    assert_eq!(flush.elapsed, secs(10));
+    assert_eq!(flush.cut, vec!["task shutdown/workers/stuck"]);
+    assert!(flush.finished.is_empty());
+    assert_eq!(workers.running(), 0);
+
+    // The next phase still ran, with its own deadline.
+    let close = outcome.phase("close").unwrap();
+    assert_eq!(close.status, PhaseStatus::DeadlineExceeded);
+    assert_eq!(close.cut, vec!["task shutdown/later/after"]);
+
+    assert!(!outcome.is_clean());
+    assert!(!outcome.forced);
+    assert_eq!(outcome.code(), 1);
+    let cut: Vec<_> = outcome.cut().collect();
+    assert_eq!(
+        cut,
+        vec![
+            ("flush", "task shutdown/workers/stuck"),
+            ("close", "task shutdown/later/after")
+        ]
+    );
+    let report = outcome.to_string();
+    assert!(
+        report.contains("cut: task shutdown/workers/stuck"),
+        "{report}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_that_empties_in_time_reports_what_finished() {
+    let shutdown = Shutdown::new();
+    let workers = shutdown.scope().child("workers");
+    for name in ["a", "b"] {
+        let token = workers.token();
+        workers.spawn(name, async move {
+            token.cancelled().await;
+            sleep(secs(1)).await;
+        });
+    }
+    settle().await;
+    shutdown
+        .add_phase(Phase::new("flush", secs(5)).cancel(&workers).wait(&workers))
+        .unwrap();
+    shutdown.start(Trigger::Requested);
+    let outcome = shutdown.run().await;
+    let flush = outcome.phase("flush").unwrap();
+    assert_eq!(flush.status, PhaseStatus::Completed);
+    assert_eq!(flush.elapsed, secs(1));
+    assert_eq!(flush.finished, vec!["2 task(s) in shutdown/workers"]);
+    assert!(outcome.is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_action_reacts_to_expiry_within_the_grace_and_reports_cuts() {
+    let shutdown = Shutdown::new();
+    shutdown
+        .add_phase(Phase::new("drain", secs(30)).action(|ctx| async move {
+            ctx.finished("7 connections closed gracefully");
+            ctx.expired().await;
+            // Force-closing takes a moment, well within the grace.
+            sleep(Duration::from_millis(10)).await;
+            ctx.cut("2 connections force-closed");
+        }))
+        .unwrap();
+    shutdown
+        .add_phase(
+            Phase::new("deaf", secs(1))
+                .cut_grace(secs(2))
+                .action(|_ctx| std::future::pending::<()>()),
+        )
+        .unwrap();
+    shutdown.start(Trigger::Requested);
+    let outcome = shutdown.run().await;
+
+    let drain = outcome.phase("drain").unwrap();
+    assert_eq!(drain.status, PhaseStatus::DeadlineExceeded);
+    assert_eq!(drain.elapsed, secs(30) + Duration::from_millis(10));
+    assert_eq!(drain.finished, vec!["7 connections closed gracefully"]);
+    assert_eq!(drain.cut, vec!["2 connections force-closed"]);
+
+    // An action that ignores expiry is dropped after its grace.
+    let deaf = outcome.phase("deaf").unwrap();
+    assert_eq!(deaf.status, PhaseStatus::DeadlineExceeded);
+    assert_eq!(deaf.elapsed, secs(3));
+    assert_eq!(deaf.cut, vec!["action of phase `deaf`"]);
+    assert_eq!(outcome.code(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_signal_starts_and_a_second_forces() {
+    let shutdown = Shutdown::new();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    shutdown
+        .add_phase(Phase::new("drain", secs(60)).action(move |ctx| async move {
+            o.lock().unwrap().push("drain started");
+            ctx.expired().await;
+            o.lock().unwrap().push("drain saw expiry");
+            ctx.cut("1 request");
+        }))
+        .unwrap();
+    shutdown.add_phase(Phase::new("flush", secs(5))).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let signals = tokio::spawn(signal::handle(shutdown.clone(), rx));
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { shutdown.run().await }
+    });
+
+    settle().await;
+    assert!(!shutdown.is_started());
+    tx.send("SIGTERM").unwrap();
+    settle().await;
+    assert!(shutdown.is_started());
+    assert!(!shutdown.is_forced());
+    assert_eq!(*order.lock().unwrap(), vec!["drain started"]);
+
+    advance(secs(3)).await;
+    tx.send("SIGINT").unwrap();
+    let outcome = run.await.unwrap();
+    signals.await.unwrap();
+
+    assert!(shutdown.is_forced());
+    assert_eq!(outcome.trigger, Trigger::Signal("SIGTERM"));
+    assert!(outcome.forced);
+    let drain = outcome.phase("drain").unwrap();
+    assert_eq!(drain.status, PhaseStatus::Forced);
+    assert_eq!(drain.elapsed, secs(3));
+    // The action got its one last poll and reported the cut.
+    assert_eq!(drain.cut, vec!["1 request"]);
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["drain started", "drain saw expiry"]
+    );
+    let flush = outcome.phase("flush").unwrap();
+    assert_eq!(flush.status, PhaseStatus::Skipped);
+    assert_eq!(flush.elapsed, Duration::ZERO);
+    assert_eq!(outcome.code(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_after_a_requested_start_forces() {
+    let shutdown = Shutdown::new();
+    shutdown.add_phase(Phase::delay("delay", secs(5))).unwrap();
+    shutdown.start(Trigger::Requested);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send("SIGTERM").unwrap();
+    signal::handle(shutdown.clone(), rx).await;
+    assert!(shutdown.is_forced());
+    let outcome = shutdown.run().await;
+    assert_eq!(outcome.phases[0].status, PhaseStatus::Skipped);
+    assert_eq!(outcome.code(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_interrupts_a_delay_phase() {
+    let shutdown = Shutdown::new();
+    shutdown.add_phase(Phase::delay("delay", secs(5))).unwrap();
+    shutdown.start(Trigger::Requested);
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { shutdown.run().await }
+    });
+    settle().await;
+    advance(secs(2)).await;
+    shutdown.force();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.phases[0].status, PhaseStatus::Forced);
+    assert_eq!(outcome.phases[0].elapsed, secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_phase_registration_is_an_error_naming_the_field() {
+    let shutdown = Shutdown::new();
+    shutdown.add_phase(Phase::new("drain", secs(1))).unwrap();
+    let dup = shutdown
+        .add_phase(Phase::new("drain", secs(2)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            dup,
+            Error::InvalidConfig {
+                field: "phase.name",
+                ..
+            }
+        ),
+        "{dup}"
+    );
+    let empty = shutdown.add_phase(Phase::new("", secs(2))).unwrap_err();
+    assert!(matches!(
+        empty,
+        Error::InvalidConfig {
+            field: "phase.name",
+            ..
+        }
+    ));
+
+    shutdown.start(Trigger::Requested);
+    let outcome = shutdown.run().await;
+    assert_eq!(outcome.phases.len(), 1);
+    assert_eq!(
+        shutdown.add_phase(Phase::new("late", secs(1))).unwrap_err(),
+        Error::AlreadyStarted
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_scopes_and_tasks_all_finish_or_are_cut_exactly() {
+    // Stress: 50 scopes x 40 tasks; odd scopes' tasks stop when cancelled,
+    // even scopes' tasks every 4th ignores cancellation.
+    let shutdown = Shutdown::new();
+    let parent = shutdown.scope().child("pool");
+    let mut expected_cut = Vec::new();
+    for s in 0..50u64 {
+        let scope = parent.child(&format!("s{s}"));
+        for t in 0..40u64 {
+            let name = format!("t{t}");
+            if s % 2 == 0 && t % 4 == 0 {
+                expected_cut.push(format!("task shutdown/pool/s{s}/{name}"));
+                scope.spawn(name, std::future::pending::<()>());
+            } else {
+                let token = scope.token();
+                scope.spawn(name, async move {
+                    token.cancelled().await;
+                    sleep(Duration::from_millis(s * 10 + t)).await;
+                });
+            }
+        }
+    }
+    settle().await;
+    assert_eq!(parent.running(), 2000);
+    shutdown
+        .add_phase(Phase::new("stop", secs(5)).cancel(&parent).wait(&parent))
+        .unwrap();
+    shutdown.start(Trigger::Requested);
+    let outcome = shutdown.run().await;
+    let stop = outcome.phase("stop").unwrap();
+    expected_cut.sort();
+    assert_eq!(stop.cut, expected_cut);
+    assert_eq!(stop.cut.len(), 25 * 10);
+    assert_eq!(stop.elapsed, secs(5));
+    assert_eq!(parent.running(), 0);
+}
