@@ -1,0 +1,117 @@
+//! Errors of this crate.
+
+use std::{error::Error, fmt, time::Duration};
+
+use crate::{Decision, Quota};
+
+/// An invalid [`Quota`](crate::Quota) or limiter configuration, naming the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaError {
+    /// A required field was not set.
+    Missing {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field that must be positive was zero.
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The value of a field makes the quota unrepresentable (more than one
+    /// cell per nanosecond, or a refill time beyond 2^62 ns).
+    Overflow {
+        /// The field's name.
+        field: &'static str,
+    },
+}
+
+impl QuotaError {
+    /// The name of the offending field.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Missing { field } | Self::Zero { field } | Self::Overflow { field } => field,
+        }
+    }
+}
+
+impl fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { field } => write!(f, "invalid rate limit: `{field}` is required"),
+            Self::Zero { field } => write!(f, "invalid rate limit: `{field}` must be positive"),
+            Self::Overflow { field } => write!(f, "invalid rate limit: `{field}` is out of range"),
+        }
+    }
+}
+
+impl Error for QuotaError {}
+
+/// A request cost more cells than the quota's burst, so it can never be admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsufficientCapacity {
+    /// The quota's burst: the most a single request may cost.
+    pub burst: u32,
+}
+
+impl fmt::Display for InsufficientCapacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request costs more than the burst of {} cells",
+            self.burst
+        )
+    }
+}
+
+impl Error for InsufficientCapacity {}
+
+/// The error a [`RateLimit`](crate::RateLimit) service returns for a request
+/// over its limit (reject mode).
+///
+/// It carries the policy that rejected the request and its decision, so the
+/// HTTP mapping can set `Retry-After` and the `RateLimit` fields; see
+/// [`http::too_many_requests`](crate::http) with the `http` feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimited {
+    pub(crate) policy: &'static str,
+    pub(crate) quota: Quota,
+    pub(crate) decision: Decision,
+}
+
+impl RateLimited {
+    /// The name of the policy that rejected the request.
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+
+    /// The quota of that policy (the key's override, if it has one).
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The rejecting decision.
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    /// Time until the request would be admitted.
+    pub fn retry_after(&self) -> Duration {
+        self.decision.retry_after()
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limited by policy `{}`; retry after {:?}",
+            self.policy,
+            self.decision.retry_after()
+        )
+    }
+}
+
+impl Error for RateLimited {}
+
+/// A type-erased error, as tower's `BoxError`.
+pub type BoxError = Box<dyn Error + Send + Sync>;

@@ -1,0 +1,293 @@
+//! Key extractors for HTTP requests.
+//!
+//! The peer address comes from the request extensions: the server must insert
+//! the connection's remote `std::net::SocketAddr` into each request's
+//! extensions (the palisade gateway does; with axum, insert it from
+//! `ConnectInfo` in a small middleware, or use a closure extractor).
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderName, HeaderValue, Request, header::FORWARDED};
+use ipnet::IpNet;
+
+use crate::KeyExtractor;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Keys by the TCP peer's IP address (the `SocketAddr` in the request
+/// extensions). Requests without one are not limited by this policy.
+///
+/// Behind a reverse proxy every request has the proxy's address; use
+/// [`ClientIp`] there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerIp {
+    ipv6_prefix: Option<u8>,
+}
+
+impl PeerIp {
+    /// Keys by the full peer address.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keys IPv6 peers by their first `bits` bits (64 is a common choice: one
+    /// subscriber usually holds a whole /64, and would otherwise get a fresh
+    /// budget per address). Values above 128 are treated as 128.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = Some(bits.min(128));
+        self
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for PeerIp {
+    type Key = IpAddr;
+
+    #[inline]
+    fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = req.extensions().get::<SocketAddr>()?;
+        Some(mask(canonical(peer.ip()), self.ipv6_prefix))
+    }
+}
+
+/// Which header a [`ClientIp`] reads the forwarding chain from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (default).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1` (the `for` parameter).
+    Forwarded,
+}
+
+/// Keys by the client's IP address behind trusted reverse proxies, in a way a
+/// client cannot spoof.
+///
+/// If the TCP peer is not in a trusted CIDR, the key is the peer address and
+/// the forwarding header is ignored (anyone can send one). Otherwise the
+/// forwarding chain is read **right to left** (the rightmost entry was added
+/// by the proxy that talks to us), skipping addresses in trusted CIDRs; the
+/// first untrusted address is the client. If every address is trusted, the
+/// leftmost one is used; if an entry does not parse, the last trusted hop
+/// before it is used, so a garbled or hostile header never lets a client pick
+/// its own key.
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use http::Request;
+/// use palisade_ratelimit::{KeyExtractor, http::ClientIp};
+///
+/// let extractor = ClientIp::new(["10.0.0.0/8".parse()?]);
+/// let mut req = Request::builder()
+///     .header("x-forwarded-for", "203.0.113.9, 198.51.100.4, 10.0.0.2")
+///     .body(())?;
+/// req.extensions_mut().insert(SocketAddr::from(([10, 0, 0, 1], 5000)));
+/// // 10.0.0.2 is a trusted proxy; 198.51.100.4 is the first untrusted hop.
+/// assert_eq!(extractor.extract(&req), Some("198.51.100.4".parse::<IpAddr>()?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientIp {
+    trusted: Arc<[IpNet]>,
+    header: ForwardedHeader,
+    ipv6_prefix: Option<u8>,
+}
+
+impl ClientIp {
+    /// Trusts the proxies in `trusted` (CIDRs; an empty list means the peer
+    /// address is always the key). Reads `X-Forwarded-For`.
+    pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            trusted: trusted.into_iter().map(|net| net.trunc()).collect(),
+            header: ForwardedHeader::XForwardedFor,
+            ipv6_prefix: None,
+        }
+    }
+
+    /// Reads the chain from `header` instead.
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Keys IPv6 clients by their first `bits` bits; see [`PeerIp::ipv6_prefix`].
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = Some(bits.min(128));
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address for a peer and the request's headers.
+    fn resolve<B>(&self, req: &Request<B>, peer: IpAddr) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => &X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => &FORWARDED,
+        };
+        let mut client = peer;
+        // Several header lines form one list, in order; walk it backwards.
+        for line in req.headers().get_all(name).iter().rev() {
+            let Ok(line) = line.to_str() else {
+                return client;
+            };
+            for hop in line.rsplit(',') {
+                let parsed = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_xff(hop),
+                    ForwardedHeader::Forwarded => parse_forwarded(hop),
+                };
+                let Some(ip) = parsed else {
+                    return client;
+                };
+                let ip = canonical(ip);
+                client = ip;
+                if !self.is_trusted(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for ClientIp {
+    type Key = IpAddr;
+
+    fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = canonical(req.extensions().get::<SocketAddr>()?.ip());
+        Some(mask(self.resolve(req, peer), self.ipv6_prefix))
+    }
+}
+
+fn parse_xff(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    // Some proxies append a port; accept `1.2.3.4:80` and `[::1]:80` too.
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+}
+
+fn parse_forwarded(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest
+            .split_once(']')?
+            .0
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6);
+    }
+    value
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| value.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) are keyed as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn mask(ip: IpAddr, ipv6_prefix: Option<u8>) -> IpAddr {
+    match (ip, ipv6_prefix) {
+        (IpAddr::V6(v6), Some(bits)) => {
+            let bits = u32::from(bits);
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        (ip, _) => ip,
+    }
+}
+
+/// Keys by the value of a request header (an API key, a tenant id). Requests
+/// without the header are not limited by this policy, so pair it with a
+/// per-IP policy if the header is optional.
+#[derive(Clone, Debug)]
+pub struct HeaderKey {
+    name: HeaderName,
+}
+
+impl HeaderKey {
+    /// Keys by the header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for HeaderKey {
+    type Key = HeaderValue;
+
+    fn extract(&self, req: &Request<B>) -> Option<HeaderValue> {
+        req.headers().get(&self.name).cloned()
+    }
+}
+
+/// Keys by route: the longest configured path prefix the request matches.
+/// Requests matching no prefix are not limited by this policy. Pair it with
+/// [`KeyedLimiterBuilder::with_override`](crate::KeyedLimiterBuilder::with_override)
+/// to give each route its own quota.
+#[derive(Clone, Debug)]
+pub struct RouteKey {
+    /// Sorted longest first, so the first match is the longest.
+    prefixes: Arc<[Arc<str>]>,
+}
+
+impl RouteKey {
+    /// Routes by these path prefixes.
+    pub fn new<I, S>(prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Arc<str>>,
+    {
+        let mut prefixes: Vec<Arc<str>> = prefixes.into_iter().map(Into::into).collect();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Self {
+            prefixes: prefixes.into(),
+        }
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for RouteKey {
+    type Key = Arc<str>;
+
+    fn extract(&self, req: &Request<B>) -> Option<Arc<str>> {
+        let path = req.uri().path();
+        self.prefixes
+            .iter()
+            .find(|prefix| path.starts_with(&***prefix))
+            .cloned()
+    }
+}
+
+/// One key for every request: a global limit through the keyed machinery
+/// (prefer a plain [`Limiter`](crate::Limiter), which is faster).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Global;
+
+impl<Req> KeyExtractor<Req> for Global {
+    type Key = ();
+
+    #[inline]
+    fn extract(&self, _req: &Req) -> Option<()> {
+        Some(())
+    }
+}

@@ -1,0 +1,184 @@
+//! HTTP mapping (feature `http`): 429 responses with `Retry-After` and the
+//! IETF `RateLimit-Policy` / `RateLimit` fields, an HTTP-aware layer that
+//! answers 429 itself, and key extractors for requests.
+//!
+//! # Header fields
+//!
+//! Following draft-ietf-httpapi-ratelimit-headers, each policy is described as
+//! `RateLimit-Policy: "<name>";q=<burst>;w=<window>` where the window is the
+//! time a drained quota takes to refill (`burst × period / rate`, whole
+//! seconds rounded up), and its current state as
+//! `RateLimit: "<name>";r=<remaining>;t=<reset>` where `t` is the seconds
+//! until the quota is full again (rounded up). On a 429 the fields describe
+//! the policy that rejected, and `Retry-After` is the wait in whole seconds,
+//! rounded **up** and never 0. On an admitted response (when
+//! [`Headers::on_admitted`] is set) they describe the admitting policy with
+//! the fewest remaining cells. Legacy `X-RateLimit-Limit`, `-Remaining` and
+//! `-Reset` (delta seconds) are available with [`Headers::legacy`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use http::{Request, Response, StatusCode};
+//! use palisade_ratelimit::{KeyedLimiter, PerKey, Quota};
+//! use palisade_ratelimit::http::{Headers, HttpRateLimitLayer, PeerIp};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let per_ip = PerKey::new(
+//!     KeyedLimiter::builder(Quota::per_second(1)?).name("per-ip").build()?,
+//!     PeerIp::new(),
+//! );
+//! let svc = ServiceBuilder::new()
+//!     .layer(HttpRateLimitLayer::new(per_ip).headers(Headers::default()))
+//!     .service_fn(|_req: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+//!
+//! // The server puts the peer address in the request extensions.
+//! let request = || {
+//!     let mut req = Request::new(());
+//!     req.extensions_mut().insert(SocketAddr::from(([192, 0, 2, 7], 40_000)));
+//!     req
+//! };
+//! let ok = svc.clone().oneshot(request()).await?;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! assert_eq!(ok.headers()["ratelimit"], "\"per-ip\";r=0;t=1");
+//! let limited = svc.oneshot(request()).await?;
+//! assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(limited.headers()["retry-after"], "1");
+//! assert_eq!(limited.headers()["ratelimit-policy"], "\"per-ip\";q=1;w=1");
+//! # Ok(())
+//! # }
+//! ```
+
+mod extract;
+mod service;
+
+pub use extract::{ClientIp, ForwardedHeader, Global, HeaderKey, PeerIp, RouteKey};
+pub use service::{HttpRateLimit, HttpRateLimitLayer, ResponseFuture};
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header::RETRY_AFTER};
+
+use crate::{RateLimited, Report};
+
+/// The `RateLimit-Policy` header name.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The `RateLimit` header name.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The legacy `X-RateLimit-Limit` header name.
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// The legacy `X-RateLimit-Remaining` header name.
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// The legacy `X-RateLimit-Reset` header name.
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Which rate limit header fields to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers {
+    /// `RateLimit-Policy` and `RateLimit` (default on).
+    pub ietf: bool,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (default off).
+    pub legacy: bool,
+    /// Also send them on admitted responses (default on). `Retry-After` is
+    /// always sent on a 429.
+    pub on_admitted: bool,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self {
+            ietf: true,
+            legacy: false,
+            on_admitted: true,
+        }
+    }
+}
+
+impl Headers {
+    /// No rate limit fields at all (a 429 still carries `Retry-After`).
+    pub fn none() -> Self {
+        Self {
+            ietf: false,
+            legacy: false,
+            on_admitted: false,
+        }
+    }
+
+    /// Sets [`Headers::legacy`].
+    pub fn legacy(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
+    /// Sets [`Headers::on_admitted`].
+    pub fn on_admitted(mut self, on_admitted: bool) -> Self {
+        self.on_admitted = on_admitted;
+        self
+    }
+
+    /// Writes the fields for `report` into `headers` (replacing existing ones).
+    pub fn apply(&self, report: &Report, headers: &mut HeaderMap) {
+        let limit = report.quota.burst();
+        let remaining = report.decision.remaining();
+        let reset = ceil_secs(report.decision.reset_after());
+        if self.ietf {
+            let window = ceil_secs(report.quota.window()).max(1);
+            headers.insert(
+                RATELIMIT_POLICY.clone(),
+                value(format!("\"{}\";q={limit};w={window}", report.policy)),
+            );
+            headers.insert(
+                RATELIMIT.clone(),
+                value(format!("\"{}\";r={remaining};t={reset}", report.policy)),
+            );
+        }
+        if self.legacy {
+            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+        }
+    }
+}
+
+/// Whole seconds for `Retry-After`: rounded up, and never 0 while limited
+/// (a client told "0" retries at once and is limited again).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    ceil_secs(wait).max(1)
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn value(s: String) -> HeaderValue {
+    // Policy names are `&'static str` chosen by the operator; one that is not
+    // a valid header value degrades to an empty name rather than a panic.
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// The 429 response for a rejection: `Retry-After` plus the fields `headers`
+/// enables, and an empty (default) body.
+///
+/// Use it to map the [`RateLimited`] error of the core layer (for example in
+/// an axum `HandleErrorLayer`); [`HttpRateLimitLayer`] does it for you.
+pub fn too_many_requests<B: Default>(limited: &RateLimited, headers: &Headers) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let map = response.headers_mut();
+    map.insert(
+        RETRY_AFTER,
+        HeaderValue::from(retry_after_secs(limited.retry_after())),
+    );
+    headers.apply(
+        &Report {
+            policy: limited.policy,
+            quota: limited.quota,
+            decision: limited.decision,
+        },
+        map,
+    );
+    response
+}

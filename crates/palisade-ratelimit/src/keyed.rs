@@ -1,0 +1,405 @@
+//! Keyed limits with a hard cap on tracked keys.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::{BuildHasher, Hash},
+    sync::{
+        PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use foldhash::fast::RandomState;
+use metrics::{Counter, Gauge};
+
+use crate::{
+    Clock, Decision, Quota,
+    error::{InsufficientCapacity, QuotaError},
+    metrics::{Counters, evicted_counter, keys_gauge},
+    quota::step,
+};
+
+/// Default hard cap on tracked keys.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Last-seen times are only rewritten when they moved by more than this, so a
+/// hot key's check does not dirty its cache line twice.
+const SEEN_GRANULARITY_NANOS: u64 = 1_000_000;
+
+/// A GCRA state per key (client IP, API token, route ...) with bounded memory.
+///
+/// Keys live in a fixed number of shards, each a `RwLock<HashMap>`; a check of
+/// a known key takes the shard's read lock and updates the key's TAT word with
+/// compare-and-swap, so checks of different keys (and of the same key) run in
+/// parallel. A new key takes the write lock once.
+///
+/// **Bounded memory.** At most `max_keys` keys are tracked (a hard cap, split
+/// evenly across shards). When a shard is full, it first drops every key whose
+/// state has fully replenished (a fresh key would behave identically, so this
+/// loses nothing), and if that frees less than an eighth of the shard, it
+/// evicts the least recently seen eighth. A flood of distinct keys (random
+/// IPv6 addresses) therefore costs CPU, never memory beyond the cap; the price
+/// is that an evicted, partially drained key starts over with a full burst.
+///
+/// ```
+/// use palisade_ratelimit::{KeyedLimiter, Quota};
+///
+/// let limiter = KeyedLimiter::builder(Quota::per_second(1)?).max_keys(1_000).build()?;
+/// assert!(limiter.check(&"alice").allowed());
+/// assert!(!limiter.check(&"alice").allowed());
+/// assert!(limiter.check(&"bob").allowed());
+/// assert_eq!(limiter.len(), 2);
+/// # Ok::<(), palisade_ratelimit::QuotaError>(())
+/// ```
+pub struct KeyedLimiter<K> {
+    shards: Box<[Shard<K>]>,
+    hasher: RandomState,
+    shard_cap: usize,
+    len: AtomicUsize,
+    quota: Quota,
+    overrides: HashMap<K, Quota, RandomState>,
+    clock: Clock,
+    name: &'static str,
+    shadow: bool,
+    counters: Counters,
+    keys: Gauge,
+    evicted: Counter,
+}
+
+#[repr(align(64))]
+struct Shard<K> {
+    map: RwLock<HashMap<K, Entry, RandomState>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tat: AtomicU64,
+    seen: AtomicU64,
+    quota: Quota,
+    limited: AtomicBool,
+}
+
+/// Builds a [`KeyedLimiter`]; see [`KeyedLimiter::builder`].
+pub struct KeyedLimiterBuilder<K> {
+    quota: Quota,
+    max_keys: usize,
+    shards: usize,
+    overrides: HashMap<K, Quota, RandomState>,
+    clock: Option<Clock>,
+    name: &'static str,
+    shadow: bool,
+}
+
+impl<K: fmt::Debug> fmt::Debug for KeyedLimiterBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimiterBuilder")
+            .field("quota", &self.quota)
+            .field("max_keys", &self.max_keys)
+            .field("shards", &self.shards)
+            .field("overrides", &self.overrides)
+            .field("name", &self.name)
+            .field("shadow", &self.shadow)
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuilder<K> {
+    /// The hard cap on tracked keys (default [`DEFAULT_MAX_KEYS`]).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Number of shards, rounded up to a power of two (default: 16 per CPU,
+    /// at most 256). Fewer than `max_keys`.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// A different quota for one key (a tier, a route, a known partner).
+    pub fn with_override(mut self, key: K, quota: Quota) -> Self {
+        self.overrides.insert(key, quota);
+        self
+    }
+
+    /// The policy name used in metrics labels and header fields (default `"per-key"`).
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Shadow mode (default off): decide and count, but admit everything.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The clock (default [`Clock::fast`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Builds the limiter; `max_keys` or `shards` of zero is an error.
+    pub fn build(self) -> Result<KeyedLimiter<K>, QuotaError> {
+        if self.max_keys == 0 {
+            return Err(QuotaError::Zero { field: "max_keys" });
+        }
+        if self.shards == 0 {
+            return Err(QuotaError::Zero { field: "shards" });
+        }
+        // Each shard holds at least one key, and shards × shard_cap <= max_keys.
+        let mut shards = self.shards.next_power_of_two().min(1 << 16);
+        while shards > self.max_keys {
+            shards /= 2;
+        }
+        let shard_cap = self.max_keys / shards;
+        let keys = keys_gauge(self.name);
+        keys.set(0.0);
+        Ok(KeyedLimiter {
+            shards: (0..shards)
+                .map(|_| Shard {
+                    map: RwLock::new(HashMap::with_hasher(RandomState::default())),
+                })
+                .collect(),
+            hasher: RandomState::default(),
+            shard_cap,
+            len: AtomicUsize::new(0),
+            quota: self.quota,
+            overrides: self.overrides,
+            clock: self.clock.unwrap_or_default(),
+            name: self.name,
+            shadow: self.shadow,
+            counters: Counters::new(self.name),
+            keys,
+            evicted: evicted_counter(self.name),
+        })
+    }
+}
+
+// === impl KeyedLimiter ===
+
+impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> {
+    /// A builder; the quota applies to every key without an override.
+    pub fn builder(quota: Quota) -> KeyedLimiterBuilder<K> {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        KeyedLimiterBuilder {
+            quota,
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: (cpus * 16).min(256),
+            overrides: HashMap::with_hasher(RandomState::default()),
+            clock: None,
+            name: "per-key",
+            shadow: false,
+        }
+    }
+
+    /// Asks for one cell for `key`.
+    #[inline]
+    pub fn check(&self, key: &K) -> Decision {
+        self.decide(key, 1).1
+    }
+
+    /// Asks for `cost` cells for `key`; all or nothing.
+    pub fn check_n(&self, key: &K, cost: u32) -> Result<Decision, InsufficientCapacity> {
+        let burst = self.quota_for(key).burst;
+        if cost > burst {
+            return Err(InsufficientCapacity { burst });
+        }
+        Ok(self.decide(key, cost).1)
+    }
+
+    /// The number of keys tracked right now (never above the cap).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The effective hard cap (`max_keys` rounded down to a multiple of the shard count).
+    pub fn capacity(&self) -> usize {
+        self.shard_cap * self.shards.len()
+    }
+
+    /// The default quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The quota `key` gets (its override, or the default).
+    pub fn quota_for(&self, key: &K) -> Quota {
+        self.overrides.get(key).copied().unwrap_or(self.quota)
+    }
+
+    /// The policy name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the limiter is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// Drops every key whose state has fully replenished. Eviction does this
+    /// on demand; call it from a timer if you want the gauge to fall when idle.
+    pub fn purge_expired(&self) {
+        let now = self.clock.now_nanos();
+        for shard in self.shards.iter() {
+            let mut map = shard.map.write().unwrap_or_else(PoisonError::into_inner);
+            let before = map.len();
+            map.retain(|_, entry| entry.tat.load(Ordering::Relaxed) > now);
+            self.len.fetch_sub(before - map.len(), Ordering::Relaxed);
+        }
+        self.keys.set(self.len() as f64);
+    }
+
+    #[inline]
+    fn shard(&self, key: &K) -> &Shard<K> {
+        // The map re-hashes with its own seed; the high bits pick the shard
+        // so the two hashes stay independent.
+        let hash = self.hasher.hash_one(key);
+        &self.shards[(hash >> 48) as usize & (self.shards.len() - 1)]
+    }
+
+    /// Returns (the cost consumed, the decision). The caller checked `cost`
+    /// against the key's burst (or passes 1).
+    #[inline]
+    pub(crate) fn decide(&self, key: &K, cost: u32) -> (u32, Decision) {
+        let now = self.clock.now_nanos();
+        let shard = self.shard(key);
+        {
+            let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = map.get(key) {
+                return self.decide_entry(key, entry, now, cost);
+            }
+        }
+        let mut map = shard.map.write().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(key) {
+            if map.len() >= self.shard_cap {
+                self.evict(&mut map, now);
+            }
+            map.insert(
+                key.clone(),
+                Entry {
+                    tat: AtomicU64::new(0),
+                    seen: AtomicU64::new(now),
+                    quota: self.quota_for(key),
+                    limited: AtomicBool::new(false),
+                },
+            );
+            let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+            self.keys.set(len as f64);
+        }
+        let entry = map
+            .get(key)
+            .expect("the entry was just ensured under the write lock");
+        self.decide_entry(key, entry, now, cost)
+    }
+
+    #[inline]
+    fn decide_entry(&self, key: &K, entry: &Entry, now: u64, cost: u32) -> (u32, Decision) {
+        if now.wrapping_sub(entry.seen.load(Ordering::Relaxed)) > SEEN_GRANULARITY_NANOS {
+            entry.seen.store(now, Ordering::Relaxed);
+        }
+        let cost = cost.min(entry.quota.burst);
+        let mut tat = entry.tat.load(Ordering::Relaxed);
+        loop {
+            let (next, decision) = step(tat, now, cost, &entry.quota);
+            let Some(next) = next else {
+                self.on_limited(key, entry, &decision);
+                return (0, decision);
+            };
+            match entry
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.counters.admitted.increment(1);
+                    if entry.limited.load(Ordering::Relaxed) {
+                        entry.limited.store(false, Ordering::Relaxed);
+                    }
+                    return (cost, decision);
+                }
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    #[cold]
+    fn on_limited(&self, key: &K, entry: &Entry, decision: &Decision) {
+        self.counters.record(false, self.shadow);
+        if !entry.limited.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                policy = self.name,
+                key = ?key,
+                shadow = self.shadow,
+                retry_after = ?decision.retry_after(),
+                "rate limit reached for key"
+            );
+        }
+    }
+
+    /// Makes room in a full shard: expired states first, then the least
+    /// recently seen eighth. Batching keeps a key flood at O(1) amortized.
+    #[cold]
+    fn evict(&self, map: &mut HashMap<K, Entry, RandomState>, now: u64) {
+        let before = map.len();
+        map.retain(|_, entry| entry.tat.load(Ordering::Relaxed) > now);
+        let target = self.shard_cap - (self.shard_cap / 8).max(1);
+        if map.len() > target {
+            let mut seen: Vec<u64> = map
+                .values()
+                .map(|entry| entry.seen.load(Ordering::Relaxed))
+                .collect();
+            let excess = map.len() - target;
+            let (_, threshold, _) = seen.select_nth_unstable(excess - 1);
+            let threshold = *threshold;
+            let mut budget = excess;
+            map.retain(|_, entry| {
+                if budget > 0 && entry.seen.load(Ordering::Relaxed) <= threshold {
+                    budget -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let removed = before - map.len();
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        self.evicted.increment(removed as u64);
+    }
+
+    /// Gives cells back to `key` (another policy rejected the request).
+    pub(crate) fn refund(&self, key: &K, cost: u32) {
+        let shard = self.shard(key);
+        let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = map.get(key) {
+            let increment = entry.quota.emission * u64::from(cost);
+            let _ = entry
+                .tat
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                    Some(tat.saturating_sub(increment))
+                });
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedLimiter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimiter")
+            .field("name", &self.name)
+            .field("quota", &self.quota)
+            .field("keys", &self.len.load(Ordering::Relaxed))
+            .field("capacity", &(self.shard_cap * self.shards.len()))
+            .field("shards", &self.shards.len())
+            .field("overrides", &self.overrides.len())
+            .field("shadow", &self.shadow)
+            .finish()
+    }
+}

@@ -1,0 +1,311 @@
+//! How a request meets one or more limits.
+
+use std::{fmt, hash::Hash};
+
+use crate::{Decision, KeyedLimiter, Limiter, Quota, RateLimited};
+
+/// One policy's decision for a request, with what the HTTP headers need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The policy's name.
+    pub policy: &'static str,
+    /// The quota that applied (the key's override, if any).
+    pub quota: Quota,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// The combined outcome of the policies for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The first enforcing policy that rejected the request, if any.
+    pub limited: Option<Report>,
+    /// Among the enforcing policies that admitted the request, the one with
+    /// the fewest remaining cells (what `RateLimit` reports on a success).
+    /// Shadow policies never appear here.
+    pub tightest: Option<Report>,
+}
+
+impl Verdict {
+    /// A rejection, as the error the layer returns.
+    pub fn error(&self) -> Option<RateLimited> {
+        self.limited.map(|report| RateLimited {
+            policy: report.policy,
+            quota: report.quota,
+            decision: report.decision,
+        })
+    }
+
+    fn admitted(report: Report) -> Self {
+        Self {
+            limited: None,
+            tightest: Some(report),
+        }
+    }
+
+    fn limited(report: Report) -> Self {
+        Self {
+            limited: Some(report),
+            tightest: None,
+        }
+    }
+
+    fn tighter(a: Option<Report>, b: Option<Report>) -> Option<Report> {
+        match (a, b) {
+            (Some(a), Some(b)) if b.decision.remaining < a.decision.remaining => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        }
+    }
+}
+
+/// A rate limit policy applied to each request by [`RateLimit`](crate::RateLimit).
+///
+/// Implemented by [`Limiter`] (one limit for every request), [`PerKey`] (a
+/// [`KeyedLimiter`] plus a [`KeyExtractor`]), `Option<P>` (`None` = no limit,
+/// handy for limits switched on by configuration) and tuples of up to four
+/// policies.
+///
+/// **Several policies** (a tuple) are checked in order and *all* must admit.
+/// When one rejects, the cells the earlier ones took for this request are
+/// given back, so a request rejected by the global limit does not also drain
+/// its client's budget. Between the take and the give-back (nanoseconds) a
+/// concurrent request may see the earlier policy slightly fuller than it will
+/// end up; it errs towards limiting, never towards admitting.
+pub trait Policy<Req> {
+    /// What [`check`](Policy::check) consumed, to give back with
+    /// [`refund`](Policy::refund).
+    type Taken;
+
+    /// Decides for `req`, consuming cells if the policy admits.
+    fn check(&self, req: &Req) -> (Verdict, Self::Taken);
+
+    /// Gives back what `check` took for `req` (another policy rejected it).
+    fn refund(&self, req: &Req, taken: Self::Taken);
+
+    /// Wait mode: books one cell now, possibly in the future, and returns the
+    /// nanoseconds until it is due; `None` if this policy is checked per
+    /// request instead (keyed policies, which need the request).
+    fn reserve(&self) -> Option<u64> {
+        None
+    }
+
+    /// Gives back a cell booked by [`reserve`](Policy::reserve) and never used.
+    fn release(&self) {}
+}
+
+// === impl Limiter ===
+
+impl<Req> Policy<Req> for Limiter {
+    type Taken = bool;
+
+    #[inline]
+    fn check(&self, _req: &Req) -> (Verdict, bool) {
+        let decision = self.check();
+        let report = Report {
+            policy: self.name(),
+            quota: self.quota(),
+            decision,
+        };
+        match (decision.allowed, self.is_shadow()) {
+            (true, false) => (Verdict::admitted(report), true),
+            (true, true) => (Verdict::default(), true),
+            (false, false) => (Verdict::limited(report), false),
+            (false, true) => (Verdict::default(), false),
+        }
+    }
+
+    fn refund(&self, _req: &Req, taken: bool) {
+        if taken {
+            Limiter::refund(self, 1);
+        }
+    }
+
+    fn reserve(&self) -> Option<u64> {
+        Some(Limiter::reserve(self, 1))
+    }
+
+    fn release(&self) {
+        Limiter::refund(self, 1);
+    }
+}
+
+// === impl PerKey ===
+
+/// Extracts the key a request is limited by; `None` means "not limited by
+/// this policy".
+///
+/// Implement it for your own types, or wrap a closure with [`key_fn`]. The
+/// `http` feature ships extractors for the peer IP, a trusted-proxy-aware
+/// client IP, a header, a route and a global key.
+pub trait KeyExtractor<Req> {
+    /// The key type.
+    type Key;
+
+    /// The request's key.
+    fn extract(&self, req: &Req) -> Option<Self::Key>;
+}
+
+/// A [`KeyExtractor`] from a closure; see [`key_fn`].
+#[derive(Clone, Copy)]
+pub struct KeyFn<F>(F);
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+/// Wraps a closure `Fn(&Req) -> Option<K>` as a [`KeyExtractor`].
+///
+/// ```
+/// use palisade_ratelimit::{KeyExtractor, key_fn};
+///
+/// let by_user = key_fn(|req: &(u32, &str)| Some(req.0));
+/// assert_eq!(by_user.extract(&(7, "GET /")), Some(7));
+/// ```
+pub fn key_fn<F>(f: F) -> KeyFn<F> {
+    KeyFn(f)
+}
+
+impl<F, Req, K> KeyExtractor<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> Option<K>,
+{
+    type Key = K;
+
+    #[inline]
+    fn extract(&self, req: &Req) -> Option<K> {
+        (self.0)(req)
+    }
+}
+
+/// A keyed policy: a [`KeyedLimiter`] and the [`KeyExtractor`] that picks
+/// each request's key.
+#[derive(Debug)]
+pub struct PerKey<K, X> {
+    limiter: KeyedLimiter<K>,
+    extractor: X,
+}
+
+impl<K, X> PerKey<K, X> {
+    /// Limits each request by the key `extractor` returns.
+    pub fn new(limiter: KeyedLimiter<K>, extractor: X) -> Self {
+        Self { limiter, extractor }
+    }
+
+    /// The limiter (for its key count, for example).
+    pub fn limiter(&self) -> &KeyedLimiter<K> {
+        &self.limiter
+    }
+
+    /// The extractor.
+    pub fn extractor(&self) -> &X {
+        &self.extractor
+    }
+}
+
+impl<Req, K, X> Policy<Req> for PerKey<K, X>
+where
+    X: KeyExtractor<Req, Key = K>,
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    type Taken = u32;
+
+    #[inline]
+    fn check(&self, req: &Req) -> (Verdict, u32) {
+        let Some(key) = self.extractor.extract(req) else {
+            return (Verdict::default(), 0);
+        };
+        let (taken, decision) = self.limiter.decide(&key, 1);
+        if self.limiter.is_shadow() {
+            return (Verdict::default(), taken);
+        }
+        let report = Report {
+            policy: self.limiter.name(),
+            quota: self.limiter.quota_for(&key),
+            decision,
+        };
+        if decision.allowed {
+            (Verdict::admitted(report), taken)
+        } else {
+            (Verdict::limited(report), taken)
+        }
+    }
+
+    fn refund(&self, req: &Req, taken: u32) {
+        if taken > 0 {
+            if let Some(key) = self.extractor.extract(req) {
+                self.limiter.refund(&key, taken);
+            }
+        }
+    }
+}
+
+// === impl Option ===
+
+impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
+    type Taken = Option<P::Taken>;
+
+    #[inline]
+    fn check(&self, req: &Req) -> (Verdict, Self::Taken) {
+        match self {
+            Some(policy) => {
+                let (verdict, taken) = policy.check(req);
+                (verdict, Some(taken))
+            }
+            None => (Verdict::default(), None),
+        }
+    }
+
+    fn refund(&self, req: &Req, taken: Self::Taken) {
+        if let (Some(policy), Some(taken)) = (self, taken) {
+            policy.refund(req, taken);
+        }
+    }
+
+    fn reserve(&self) -> Option<u64> {
+        self.as_ref().and_then(P::reserve)
+    }
+
+    fn release(&self) {
+        if let Some(policy) = self {
+            policy.release();
+        }
+    }
+}
+
+// === impl tuples ===
+
+macro_rules! tuple_policy {
+    ($($idx:tt $P:ident),+) => {
+        impl<Req, $($P: Policy<Req>),+> Policy<Req> for ($($P,)+) {
+            type Taken = ($(Option<$P::Taken>,)+);
+
+            #[inline]
+            fn check(&self, req: &Req) -> (Verdict, Self::Taken) {
+                let mut taken: Self::Taken = Default::default();
+                let mut tightest = None;
+                $(
+                    let (verdict, took) = self.$idx.check(req);
+                    taken.$idx = Some(took);
+                    if verdict.limited.is_some() {
+                        self.refund(req, taken);
+                        return (verdict, Default::default());
+                    }
+                    tightest = Verdict::tighter(tightest, verdict.tightest);
+                )+
+                (Verdict { limited: None, tightest }, taken)
+            }
+
+            fn refund(&self, req: &Req, taken: Self::Taken) {
+                $(if let Some(took) = taken.$idx { self.$idx.refund(req, took); })+
+            }
+        }
+    };
+}
+
+tuple_policy!(0 A);
+tuple_policy!(0 A, 1 B);
+tuple_policy!(0 A, 1 B, 2 C);
+tuple_policy!(0 A, 1 B, 2 C, 3 D);

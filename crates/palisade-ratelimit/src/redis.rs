@@ -1,0 +1,1 @@
+//! Redis backend (feature `redis`): one limit shared by a fleet.
