@@ -1,0 +1,659 @@
+//! The shared breaker: state machine, permits and the control handle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::classify::Outcome;
+use crate::config::{Config, FailureMode};
+use crate::error::Rejected;
+use crate::metrics::Metrics;
+use crate::state::{Reason, State, Transition};
+use crate::window::{Window, WindowCounts};
+
+// The state word packs the state (low 3 bits) with a generation that grows on
+// every transition. A permit remembers the word it was admitted under, and its
+// outcome is recorded only if the word is unchanged: an outcome from a closed
+// period that has since ended (or from an earlier half-open round) can never
+// pollute the current one.
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+const fn pack(state: State, generation: u64) -> u64 {
+    (generation << STATE_BITS) | state.code()
+}
+
+const fn state_of(word: u64) -> State {
+    State::from_code(word & STATE_MASK)
+}
+
+const fn generation_of(word: u64) -> u64 {
+    word >> STATE_BITS
+}
+
+// Half-open probe slots: the low 32 bits of the generation (high half) and
+// the number of slots taken (low half), so a late release from an earlier
+// half-open round can never free a slot of the current one.
+const fn probes_word(generation: u64, taken: u64) -> u64 {
+    ((generation & 0xFFFF_FFFF) << 32) | taken
+}
+
+/// A circuit breaker: the shared state and the handle to control it.
+///
+/// Cloning is cheap and every clone (and every service built from a layer
+/// holding it) shares one breaker. Use it directly with
+/// [`try_acquire`](Self::try_acquire), or wrap a service with
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer). See the crate docs for
+/// an example.
+#[derive(Clone)]
+pub struct Breaker {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    state: AtomicU64,
+    /// Nanoseconds (on the clock) when an open breaker admits probes.
+    open_until: AtomicU64,
+    /// Nanoseconds when a half-open breaker gives up on its probes.
+    half_open_until: AtomicU64,
+    probes: AtomicU64,
+    consecutive: AtomicU32,
+    window: Window,
+    config: Config,
+    minimum_calls: u64,
+    slow_nanos: Option<u64>,
+    locked: Mutex<Locked>,
+    pub(crate) notify: Arc<Notify>,
+    metrics: Metrics,
+}
+
+/// What only transitions touch.
+#[derive(Debug)]
+struct Locked {
+    /// Openings since the last clean close; drives the backoff.
+    openings: u32,
+    rng: u64,
+    tally: WindowCounts,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    /// A breaker with this configuration, starting closed.
+    ///
+    /// Metric handles are registered here: install the `metrics` recorder
+    /// before building breakers.
+    pub fn new(config: Config) -> Self {
+        let minimum_calls = config.effective_minimum_calls();
+        let slow_nanos = config.slow_call_duration.map(nanos);
+        let metrics = Metrics::new(&config.name);
+        metrics.state(State::Closed);
+        Self {
+            shared: Arc::new(Shared {
+                state: AtomicU64::new(pack(State::Closed, 0)),
+                open_until: AtomicU64::new(0),
+                half_open_until: AtomicU64::new(0),
+                probes: AtomicU64::new(0),
+                consecutive: AtomicU32::new(0),
+                window: Window::new(config.window),
+                minimum_calls,
+                slow_nanos,
+                locked: Mutex::new(Locked {
+                    openings: 0,
+                    rng: config.seed,
+                    tally: WindowCounts::default(),
+                }),
+                notify: Arc::new(Notify::new()),
+                metrics,
+                config,
+            }),
+        }
+    }
+
+    /// The name given in the configuration.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The current state.
+    ///
+    /// An open breaker whose wait has elapsed reports `Open` until the next
+    /// call moves it to `HalfOpen` (transitions are lazy: no background task).
+    pub fn state(&self) -> State {
+        state_of(self.shared.state.load(Ordering::Acquire))
+    }
+
+    /// The sliding window's totals now.
+    pub fn counts(&self) -> WindowCounts {
+        self.shared.window.counts(self.shared.now())
+    }
+
+    /// Number of openings since the last clean close (what the backoff grows
+    /// with).
+    pub fn consecutive_openings(&self) -> u32 {
+        self.shared.lock().openings
+    }
+
+    /// Asks to make one call.
+    ///
+    /// `Ok` carries a [`Permit`]: report the call's outcome with
+    /// [`Permit::record`]; dropping it unreported counts as a cancellation
+    /// (neither success nor failure; a probe slot is given back).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] when the breaker is open, forced open, or half-open with
+    /// every probe slot taken.
+    pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+        let shared = &self.shared;
+        loop {
+            let word = shared.state.load(Ordering::Acquire);
+            match state_of(word) {
+                State::Closed | State::MetricsOnly => {
+                    let start = if shared.slow_nanos.is_some() {
+                        shared.now()
+                    } else {
+                        0
+                    };
+                    return Ok(Permit::new(Some(self.shared.clone()), word, start));
+                }
+                State::Disabled => return Ok(Permit::new(None, word, 0)),
+                State::ForcedOpen => {
+                    shared.metrics.rejected.increment(1);
+                    return Err(Rejected::ForcedOpen);
+                }
+                State::Open => {
+                    let now = shared.now();
+                    let until = shared.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        shared.metrics.rejected.increment(1);
+                        return Err(Rejected::Open {
+                            retry_after: Duration::from_nanos(until - now),
+                        });
+                    }
+                    shared.transition(word, State::HalfOpen, Reason::WaitElapsed, None, now);
+                }
+                State::HalfOpen => {
+                    let now = shared.now();
+                    let until = shared.half_open_until.load(Ordering::Acquire);
+                    if now >= until {
+                        shared.transition(word, State::Open, Reason::HalfOpenTimeout, None, now);
+                        continue;
+                    }
+                    if shared.take_probe(generation_of(word)) {
+                        return Ok(Permit::new(Some(self.shared.clone()), word, now));
+                    }
+                    if shared.state.load(Ordering::Acquire) != word {
+                        continue;
+                    }
+                    shared.metrics.rejected.increment(1);
+                    let left = Duration::from_nanos(until - now);
+                    return Err(Rejected::HalfOpenSaturated {
+                        retry_after: left.min(shared.config.wait_duration),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Forces the breaker open: every call is rejected until
+    /// [`reset`](Self::reset) (or another forcing call).
+    pub fn force_open(&self) {
+        self.shared.force(State::ForcedOpen);
+    }
+
+    /// Disables the breaker: every call passes, nothing is recorded.
+    pub fn disable(&self) {
+        self.shared.force(State::Disabled);
+    }
+
+    /// Records outcomes (rates and metrics stay live) but never opens.
+    pub fn metrics_only(&self) {
+        self.shared.force(State::MetricsOnly);
+    }
+
+    /// Back to closed with an empty window and the backoff reset.
+    pub fn reset(&self) {
+        self.shared.force(State::Closed);
+    }
+
+    pub(crate) fn notify(&self) -> &Arc<Notify> {
+        &self.shared.notify
+    }
+
+    /// Whether a call made now would be admitted by state alone, without
+    /// taking a probe slot (used by the waiting readiness mode).
+    pub(crate) fn is_closed_like(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Closed | State::MetricsOnly | State::Disabled
+        )
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// === impl Shared ===
+
+impl Shared {
+    #[inline]
+    fn now(&self) -> u64 {
+        nanos(self.config.clock.now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Locked> {
+        // The lock guards plain counters that are consistent after every
+        // statement; a panic elsewhere cannot leave them torn.
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_probe(&self, generation: u64) -> bool {
+        let limit = u64::from(self.config.half_open_probes);
+        let mut current = self.probes.load(Ordering::Acquire);
+        loop {
+            if current >> 32 != generation & 0xFFFF_FFFF || current & 0xFFFF_FFFF >= limit {
+                return false;
+            }
+            match self.probes.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn release_probe(&self, generation: u64) {
+        let mut current = self.probes.load(Ordering::Acquire);
+        loop {
+            if current >> 32 != generation & 0xFFFF_FFFF || current & 0xFFFF_FFFF == 0 {
+                return;
+            }
+            match self.probes.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        // A slot is free: wake services waiting in `poll_ready`.
+        self.notify.notify_waiters();
+    }
+
+    fn force(&self, to: State) {
+        let event = {
+            let mut locked = self.lock();
+            let from = self.state.load(Ordering::Acquire);
+            self.apply(&mut locked, from, to, Reason::Manual, None, self.now())
+        };
+        self.emit(event);
+    }
+
+    /// Moves from `expected` to `to` unless another thread changed the state
+    /// first. Returns whether this call made the transition.
+    fn transition(
+        &self,
+        expected: u64,
+        to: State,
+        reason: Reason,
+        counts: Option<WindowCounts>,
+        now: u64,
+    ) -> bool {
+        let event = {
+            let mut locked = self.lock();
+            if self.state.load(Ordering::Acquire) != expected {
+                return false;
+            }
+            self.apply(&mut locked, expected, to, reason, counts, now)
+        };
+        self.emit(event);
+        true
+    }
+
+    /// Applies a transition under the lock; the caller emits the event after
+    /// releasing it.
+    fn apply(
+        &self,
+        locked: &mut Locked,
+        from: u64,
+        to: State,
+        reason: Reason,
+        counts: Option<WindowCounts>,
+        now: u64,
+    ) -> Transition {
+        let generation = generation_of(from) + 1;
+        let mut wait = None;
+        match to {
+            State::Open => {
+                locked.openings = locked.openings.saturating_add(1);
+                let w = self.backoff(locked);
+                self.open_until
+                    .store(now.saturating_add(nanos(w)), Ordering::Release);
+                wait = Some(w);
+            }
+            State::HalfOpen => {
+                locked.tally = WindowCounts::default();
+                self.half_open_until.store(
+                    now.saturating_add(nanos(self.config.max_half_open_duration)),
+                    Ordering::Release,
+                );
+                self.probes
+                    .store(probes_word(generation, 0), Ordering::Release);
+            }
+            State::Closed | State::MetricsOnly => {
+                // Nothing records while the state word says otherwise, so the
+                // window can be emptied without racing recorders.
+                self.window.clear();
+                self.consecutive.store(0, Ordering::Release);
+                if to == State::Closed {
+                    locked.openings = 0;
+                }
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        self.state.store(pack(to, generation), Ordering::Release);
+        Transition {
+            name: self.config.name.clone(),
+            from: state_of(from),
+            to,
+            reason,
+            counts,
+            wait,
+        }
+    }
+
+    /// The wait of the current opening: exponential in the number of openings
+    /// since the last clean close, capped, then shortened by up to the jitter
+    /// fraction (jitter never pushes it past the cap).
+    fn backoff(&self, locked: &mut Locked) -> Duration {
+        let c = &self.config;
+        let exponent = locked.openings.saturating_sub(1).min(1024) as i32;
+        let grown = c.wait_duration.as_secs_f64() * c.wait_multiplier.powi(exponent);
+        let capped = grown.min(c.max_wait_duration.as_secs_f64());
+        let base = if grown >= c.max_wait_duration.as_secs_f64() {
+            c.max_wait_duration
+        } else {
+            Duration::from_secs_f64(capped)
+        };
+        if c.wait_jitter == 0.0 {
+            return base;
+        }
+        let unit = (splitmix64(&mut locked.rng) >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(1.0 - c.wait_jitter * unit)
+    }
+
+    fn emit(&self, t: Transition) {
+        self.metrics.state(t.to);
+        self.metrics.transition(t.from, t.to);
+        let (rate, slow_rate, calls) = match t.counts {
+            Some(c) => (c.failure_rate(), c.slow_call_rate(), c.calls),
+            None => (0.0, 0.0, 0),
+        };
+        let wait_ms = t.wait.map_or(0, |w| w.as_millis() as u64);
+        if matches!(t.to, State::Open | State::ForcedOpen) {
+            tracing::warn!(
+                breaker = %t.name, from = %t.from, to = %t.to, reason = %t.reason,
+                failure_rate = rate, slow_call_rate = slow_rate, calls, wait_ms,
+                "circuit breaker opened"
+            );
+        } else {
+            tracing::info!(
+                breaker = %t.name, from = %t.from, to = %t.to, reason = %t.reason,
+                failure_rate = rate, slow_call_rate = slow_rate, calls,
+                "circuit breaker state changed"
+            );
+        }
+        if let Some(callback) = &self.config.on_transition {
+            callback(&t);
+        }
+        self.notify.notify_waiters();
+    }
+
+    fn classify_timing(&self, start: u64, outcome: Outcome, need_now: bool) -> (u64, bool, bool) {
+        let now = if self.slow_nanos.is_some() || need_now {
+            self.now()
+        } else {
+            0
+        };
+        let slow = self
+            .slow_nanos
+            .is_some_and(|limit| now.saturating_sub(start) >= limit);
+        (now, outcome == Outcome::Failure, slow)
+    }
+
+    fn count_outcome(&self, outcome: Outcome, slow: bool) {
+        match outcome {
+            Outcome::Success => self.metrics.success.increment(1),
+            Outcome::Failure => self.metrics.failure.increment(1),
+            Outcome::Ignored => self.metrics.ignored.increment(1),
+        }
+        if slow {
+            self.metrics.slow.increment(1);
+        }
+    }
+
+    /// The closed-state hot path: atomics only; the lock is taken only if
+    /// this outcome opens the breaker.
+    fn on_closed_outcome(&self, word: u64, start: u64, outcome: Outcome) {
+        if outcome == Outcome::Ignored {
+            self.count_outcome(outcome, false);
+            return;
+        }
+        let (now, failure, slow) = self.classify_timing(start, outcome, self.window.needs_time());
+        self.count_outcome(outcome, slow);
+        if self.state.load(Ordering::Acquire) != word {
+            // Admitted in a period that has ended: its outcome describes the
+            // past and must not count in the current window.
+            return;
+        }
+        let counts = self.window.record(now, failure, slow);
+        if state_of(word) == State::MetricsOnly {
+            return;
+        }
+        let reason = match self.config.failure_mode {
+            FailureMode::Consecutive { failures: limit } => {
+                let run = if failure {
+                    self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+                } else {
+                    if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Release);
+                    }
+                    0
+                };
+                if run >= limit {
+                    Some(Reason::ConsecutiveFailures)
+                } else {
+                    counts.and_then(|c| self.rate_reason(c, None))
+                }
+            }
+            FailureMode::Rate { threshold } => {
+                counts.and_then(|c| self.rate_reason(c, Some(threshold)))
+            }
+        };
+        if let Some(reason) = reason {
+            let counts = Some(self.window.counts(now));
+            self.transition(word, State::Open, reason, counts, self.now());
+        }
+    }
+
+    fn rate_reason(&self, c: WindowCounts, failure_threshold: Option<f64>) -> Option<Reason> {
+        if c.calls < self.minimum_calls {
+            return None;
+        }
+        let calls = c.calls as f64;
+        if failure_threshold.is_some_and(|t| c.failures as f64 >= t * calls) {
+            return Some(Reason::FailureRate);
+        }
+        if self.slow_nanos.is_some()
+            && c.slow_calls as f64 >= self.config.slow_call_rate_threshold * calls
+        {
+            return Some(Reason::SlowCallRate);
+        }
+        None
+    }
+
+    /// A probe's outcome: rare, so it is tallied under the lock, which also
+    /// makes the decision atomic with the tally.
+    fn on_probe_outcome(&self, word: u64, start: u64, outcome: Outcome) {
+        if outcome == Outcome::Ignored {
+            self.count_outcome(outcome, false);
+            self.release_probe(generation_of(word));
+            return;
+        }
+        let (now, failure, slow) = self.classify_timing(start, outcome, true);
+        self.count_outcome(outcome, slow);
+        let event = {
+            let mut locked = self.lock();
+            if self.state.load(Ordering::Acquire) != word {
+                return;
+            }
+            let tally = &mut locked.tally;
+            tally.calls += 1;
+            tally.failures += u64::from(failure);
+            tally.slow_calls += u64::from(slow);
+            let tally = *tally;
+            self.probe_decision(tally)
+                .map(|(to, reason)| self.apply(&mut locked, word, to, reason, Some(tally), now))
+        };
+        if let Some(event) = event {
+            self.emit(event);
+        }
+    }
+
+    /// Decides a half-open round as soon as its result is certain: re-open
+    /// once the failures (or slow probes) among the `n` probes reach the
+    /// threshold; close once they cannot reach it even if every remaining
+    /// probe fails.
+    fn probe_decision(&self, t: WindowCounts) -> Option<(State, Reason)> {
+        let n = u64::from(self.config.half_open_probes);
+        let remaining = n.saturating_sub(t.calls);
+        let slow_threshold = self
+            .slow_nanos
+            .map(|_| self.config.slow_call_rate_threshold * n as f64);
+        let (fails_open, fails_may_open) = match self.config.failure_mode {
+            FailureMode::Consecutive { .. } => (t.failures >= 1, t.failures + remaining >= 1),
+            FailureMode::Rate { threshold } => {
+                let limit = threshold * n as f64;
+                (
+                    t.failures as f64 >= limit,
+                    (t.failures + remaining) as f64 >= limit,
+                )
+            }
+        };
+        let slow_open = slow_threshold.is_some_and(|l| t.slow_calls as f64 >= l);
+        let slow_may_open = slow_threshold.is_some_and(|l| (t.slow_calls + remaining) as f64 >= l);
+        if fails_open || slow_open {
+            Some((State::Open, Reason::ProbesFailed))
+        } else if !fails_may_open && !slow_may_open {
+            Some((State::Closed, Reason::ProbesSucceeded))
+        } else {
+            None
+        }
+    }
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+// === impl Permit ===
+
+/// Permission to make one call; see [`Breaker::try_acquire`].
+///
+/// Report the outcome with [`record`](Self::record). Dropping a permit
+/// without recording counts the call as cancelled: it is not recorded, and a
+/// half-open probe's slot is given back.
+#[must_use = "a permit records nothing unless its outcome is reported"]
+pub struct Permit {
+    shared: Option<Arc<Shared>>,
+    word: u64,
+    start: u64,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("state", &state_of(self.word))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    #[inline]
+    fn new(shared: Option<Arc<Shared>>, word: u64, start: u64) -> Self {
+        Self {
+            shared,
+            word,
+            start,
+        }
+    }
+
+    /// The state the call was admitted in.
+    pub fn state(&self) -> State {
+        state_of(self.word)
+    }
+
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.state() == State::HalfOpen
+    }
+
+    /// Reports the call's outcome.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(shared) = self.shared.take() {
+            match state_of(self.word) {
+                State::HalfOpen => shared.on_probe_outcome(self.word, self.start, outcome),
+                _ => shared.on_closed_outcome(self.word, self.start, outcome),
+            }
+        }
+    }
+
+    /// Shorthand for `record(Outcome::Success)`.
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// Shorthand for `record(Outcome::Failure)`.
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.metrics.cancelled.increment(1);
+            if state_of(self.word) == State::HalfOpen {
+                shared.release_probe(generation_of(self.word));
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! HTTP mapping (feature `http`): 5xx responses as failures, rejections as
+//! `503 Service Unavailable` with `Retry-After`.
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::classify::{Classify, Outcome};
+use crate::error::Rejected;
+
+/// Classifies HTTP responses: an `Err` or a response whose status is in the
+/// failure set is a failure, anything else a success.
+///
+/// The default failure set is every 5xx status. A 4xx says the client erred,
+/// not the upstream, so it is a success by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpClassifier {
+    // One bit per status code 0..1024 (StatusCode is at most 999).
+    failures: [u64; 16],
+}
+
+impl Default for HttpClassifier {
+    fn default() -> Self {
+        Self::server_errors()
+    }
+}
+
+impl HttpClassifier {
+    /// Every 5xx status is a failure.
+    pub fn server_errors() -> Self {
+        Self::from_statuses((500..=599).filter_map(|s| StatusCode::from_u16(s).ok()))
+    }
+
+    /// Exactly these statuses are failures (for example only 502, 503 and
+    /// 504, leaving a 500 from a buggy endpoint to the application).
+    pub fn from_statuses(statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let mut this = Self { failures: [0; 16] };
+        for status in statuses {
+            this = this.with_status(status);
+        }
+        this
+    }
+
+    /// Also counts `status` as a failure.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        let code = usize::from(status.as_u16());
+        self.failures[code / 64] |= 1 << (code % 64);
+        self
+    }
+
+    /// Whether `status` counts as a failure.
+    pub fn is_failure(&self, status: StatusCode) -> bool {
+        let code = usize::from(status.as_u16());
+        self.failures[code / 64] & (1 << (code % 64)) != 0
+    }
+}
+
+impl<B, E> Classify<Response<B>, E> for HttpClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
+        match result {
+            Ok(response) if self.is_failure(response.status()) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// Whole seconds for a `Retry-After` header: rounded up, and at least 1 (a
+/// rejection never invites an immediate retry).
+pub fn retry_after_secs(after: Duration) -> u64 {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The response for a rejected call: `503 Service Unavailable`, with
+/// `Retry-After` (seconds, rounded up) when the rejection knows when to retry
+/// (not for a breaker forced open).
+pub fn rejected_response<B: Default>(rejected: &Rejected) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    if let Some(after) = rejected.retry_after() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+    }
+    response
+}
+
+/// If `error` (for example a service's `BoxError`) is a [`Rejected`], the
+/// 503 response for it.
+pub fn response_for_error<B: Default>(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Option<Response<B>> {
+    error.downcast_ref::<Rejected>().map(rejected_response)
+}

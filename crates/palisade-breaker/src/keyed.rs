@@ -1,0 +1,278 @@
+//! One breaker per key (upstream host, route, ...), with a bounded number of
+//! keys.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::breaker::Breaker;
+use crate::classify::{Classify, DefaultClassifier};
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::future::ResponseFuture;
+
+/// A bounded set of breakers, one per key, created on first use from one
+/// [`Config`].
+///
+/// Breaker `k` is named `"{config name}/{k}"` (the `breaker` label of its
+/// metrics). Once `max_keys` breakers exist, further keys share one overflow
+/// breaker named `"{config name}/overflow"`, so a flood of distinct keys
+/// cannot grow memory (or the metrics' cardinality) without bound.
+pub struct KeyedBreakers<K> {
+    config: Config,
+    max_keys: usize,
+    map: RwLock<HashMap<K, Breaker>>,
+    overflow: Breaker,
+}
+
+impl<K: fmt::Debug> fmt::Debug for KeyedBreakers<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("KeyedBreakers")
+            .field("name", &self.config.name())
+            .field("max_keys", &self.max_keys)
+            .field("breakers", &*map)
+            .finish()
+    }
+}
+
+impl<K> KeyedBreakers<K>
+where
+    K: Hash + Eq + Clone + fmt::Display,
+{
+    /// At most `max_keys` breakers configured by `config`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_keys` when it is zero.
+    pub fn new(config: Config, max_keys: usize) -> Result<Self, ConfigError> {
+        if max_keys == 0 {
+            return Err(ConfigError::new("max_keys", "must be at least 1"));
+        }
+        let overflow_name = format!("{}/overflow", config.name());
+        Ok(Self {
+            overflow: Breaker::new(config.clone().with_name(overflow_name)),
+            config,
+            max_keys,
+            map: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The breaker of `key`, created if needed (or the overflow breaker when
+    /// `max_keys` breakers already exist).
+    pub fn get(&self, key: &K) -> Breaker {
+        if let Some(breaker) = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return breaker.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(breaker) = map.get(key) {
+            return breaker.clone();
+        }
+        if map.len() >= self.max_keys {
+            return self.overflow.clone();
+        }
+        let name = format!("{}/{}", self.config.name(), key);
+        let breaker = Breaker::new(self.config.clone().with_name(name));
+        map.insert(key.clone(), breaker.clone());
+        breaker
+    }
+
+    /// The breaker of `key` if it exists.
+    pub fn get_existing(&self, key: &K) -> Option<Breaker> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// The breaker shared by keys beyond `max_keys`.
+    pub fn overflow(&self) -> &Breaker {
+        &self.overflow
+    }
+
+    /// Number of per-key breakers.
+    pub fn len(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no per-key breaker exists yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Wraps services in a [`KeyedCircuitBreaker`]: each request goes through the
+/// breaker of the key `key_fn` extracts from it.
+///
+/// All services built by clones of this layer share the same
+/// [`KeyedBreakers`].
+pub struct KeyedCircuitBreakerLayer<K, F, C = DefaultClassifier> {
+    breakers: Arc<KeyedBreakers<K>>,
+    key_fn: F,
+    classifier: C,
+}
+
+impl<K, F> KeyedCircuitBreakerLayer<K, F>
+where
+    K: Hash + Eq + Clone + fmt::Display,
+{
+    /// A layer keyed by `key_fn(&request)`, at most `max_keys` breakers.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_keys` when it is zero.
+    pub fn new(config: Config, max_keys: usize, key_fn: F) -> Result<Self, ConfigError> {
+        Ok(Self {
+            breakers: Arc::new(KeyedBreakers::new(config, max_keys)?),
+            key_fn,
+            classifier: DefaultClassifier,
+        })
+    }
+}
+
+impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
+    /// Uses another classifier.
+    pub fn classifier<C2>(self, classifier: C2) -> KeyedCircuitBreakerLayer<K, F, C2> {
+        KeyedCircuitBreakerLayer {
+            breakers: self.breakers,
+            key_fn: self.key_fn,
+            classifier,
+        }
+    }
+
+    /// The breakers (handles to read and control each key's state).
+    pub fn breakers(&self) -> &Arc<KeyedBreakers<K>> {
+        &self.breakers
+    }
+}
+
+impl<K, F: Clone, C: Clone> Clone for KeyedCircuitBreakerLayer<K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            breakers: self.breakers.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<K: fmt::Debug, F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("breakers", &self.breakers)
+            .field("classifier", &self.classifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
+    type Service = KeyedCircuitBreaker<S, K, F, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreaker {
+            inner,
+            breakers: self.breakers.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// A service with one breaker per request key; built by
+/// [`KeyedCircuitBreakerLayer`].
+///
+/// Always fails fast ([`ReadyMode::FailFast`](crate::ReadyMode::FailFast)):
+/// readiness cannot depend on a key that only the request carries.
+pub struct KeyedCircuitBreaker<S, K, F, C> {
+    inner: S,
+    breakers: Arc<KeyedBreakers<K>>,
+    key_fn: F,
+    classifier: C,
+}
+
+impl<S, K, F, C> KeyedCircuitBreaker<S, K, F, C> {
+    /// The breakers.
+    pub fn breakers(&self) -> &Arc<KeyedBreakers<K>> {
+        &self.breakers
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedCircuitBreaker<S, K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breakers: self.breakers.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: fmt::Debug, F, C: fmt::Debug> fmt::Debug
+    for KeyedCircuitBreaker<S, K, F, C>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breakers", &self.breakers)
+            .field("classifier", &self.classifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, F, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone + fmt::Display,
+    F: Fn(&Req) -> K,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let breaker = self.breakers.get(&(self.key_fn)(&req));
+        match breaker.try_acquire() {
+            Ok(permit) => {
+                ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
+            }
+            Err(rejected) => ResponseFuture::rejected(rejected, self.classifier.clone()),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The two sliding windows, lock-free.
+//!
+//! Both keep their totals in an [`Aggregate`] updated with atomic adds, so a
+//! record costs a few uncontended-cache-line RMWs and never a lock. The
+//! invariant both keep: at quiescence, the aggregate equals the sum of what the
+//! slots (or buckets) hold, because every unit added to a slot is added to the
+//! aggregate exactly once, and subtracted exactly once by whoever swaps it out.
+//! Between those two steps another thread may observe a total that is briefly
+//! off by its in-flight records (even negative), so reads clamp at zero.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use crate::config::SlidingWindow;
+
+/// Totals of a window at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Outcomes in the window (successes and failures; ignored outcomes are
+    /// never recorded).
+    pub calls: u64,
+    /// Failures among them.
+    pub failures: u64,
+    /// Slow calls among them (successful or not).
+    pub slow_calls: u64,
+}
+
+impl WindowCounts {
+    /// `failures / calls`, or 0 for an empty window.
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.calls)
+    }
+
+    /// `slow_calls / calls`, or 0 for an empty window.
+    pub fn slow_call_rate(&self) -> f64 {
+        ratio(self.slow_calls, self.calls)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+#[derive(Debug, Default)]
+struct Aggregate {
+    calls: AtomicI64,
+    failures: AtomicI64,
+    slow: AtomicI64,
+}
+
+impl Aggregate {
+    fn add(&self, calls: i64, failures: i64, slow: i64) {
+        if calls != 0 {
+            self.calls.fetch_add(calls, Ordering::AcqRel);
+        }
+        if failures != 0 {
+            self.failures.fetch_add(failures, Ordering::AcqRel);
+        }
+        if slow != 0 {
+            self.slow.fetch_add(slow, Ordering::AcqRel);
+        }
+    }
+
+    fn load(&self) -> WindowCounts {
+        let get = |a: &AtomicI64| a.load(Ordering::Acquire).max(0) as u64;
+        WindowCounts {
+            calls: get(&self.calls),
+            failures: get(&self.failures),
+            slow_calls: get(&self.slow),
+        }
+    }
+
+    fn clear(&self) {
+        self.calls.store(0, Ordering::Release);
+        self.failures.store(0, Ordering::Release);
+        self.slow.store(0, Ordering::Release);
+    }
+}
+
+/// One of the two windows.
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    pub(crate) fn new(kind: SlidingWindow) -> Self {
+        match kind {
+            SlidingWindow::Count { size } => Window::Count(CountWindow::new(size as usize)),
+            SlidingWindow::Time { duration, buckets } => {
+                let width = (duration.as_nanos() / u128::from(buckets)) as u64;
+                Window::Time(TimeWindow::new(buckets as usize, width))
+            }
+        }
+    }
+
+    /// Whether recording needs the current time.
+    pub(crate) fn needs_time(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+
+    /// Records one outcome at `now` (nanoseconds; ignored by the count
+    /// window). Returns the totals when they may have crossed a threshold
+    /// (the outcome was a failure or slow, or the window grew), `None` when
+    /// no threshold can have been crossed (a success replaced a success, or
+    /// the record was too old to count).
+    pub(crate) fn record(&self, now: u64, failure: bool, slow: bool) -> Option<WindowCounts> {
+        match self {
+            Window::Count(w) => w.record(failure, slow),
+            Window::Time(w) => w.record(now, failure, slow),
+        }
+    }
+
+    pub(crate) fn counts(&self, now: u64) -> WindowCounts {
+        match self {
+            Window::Count(w) => w.agg.load(),
+            Window::Time(w) => {
+                w.advance(now / w.width);
+                w.agg.load()
+            }
+        }
+    }
+
+    /// Empties the window. Called under the breaker's transition lock when it
+    /// enters a state that records, while nothing records.
+    pub(crate) fn clear(&self) {
+        match self {
+            Window::Count(w) => w.clear(),
+            Window::Time(w) => w.clear(),
+        }
+    }
+}
+
+// === impl CountWindow ===
+
+const EMPTY: u8 = 0;
+const FILLED: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+/// The last `N` outcomes in a ring of one-byte slots.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    /// Sequence number of the next record; `next % len` is the slot it
+    /// overwrites, which holds the oldest outcome once the ring is full.
+    next: AtomicU64,
+    agg: Aggregate,
+}
+
+impl CountWindow {
+    fn new(size: usize) -> Self {
+        Self {
+            slots: (0..size).map(|_| AtomicU8::new(EMPTY)).collect(),
+            next: AtomicU64::new(0),
+            agg: Aggregate::default(),
+        }
+    }
+
+    fn record(&self, failure: bool, slow: bool) -> Option<WindowCounts> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let new = FILLED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        let old = slot.swap(new, Ordering::AcqRel);
+        if old == new {
+            // Same outcome replaced: totals unchanged, rates unchanged.
+            return None;
+        }
+        let bit = |v: u8, b: u8| i64::from(v & b != 0);
+        let calls = i64::from(old == EMPTY);
+        let failures = bit(new, FAILED) - bit(old, FAILED);
+        let slows = bit(new, SLOW) - bit(old, SLOW);
+        self.agg.add(calls, failures, slows);
+        if calls == 0 && failures <= 0 && slows <= 0 {
+            // Only improvements: no threshold can have been crossed.
+            return None;
+        }
+        Some(self.agg.load())
+    }
+
+    fn clear(&self) {
+        for slot in self.slots.iter() {
+            slot.store(EMPTY, Ordering::Relaxed);
+        }
+        self.agg.clear();
+    }
+}
+
+// === impl TimeWindow ===
+
+#[derive(Debug, Default)]
+struct Bucket {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
+
+/// `n` buckets of `width` nanoseconds; an outcome recorded at time `t` lives
+/// in bucket `t / width` and counts while that index is among the last `n`.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    width: u64,
+    /// The newest bucket index the window has advanced to. Whoever moves it
+    /// forward (one CAS winner) empties the buckets it skips over, so each
+    /// expired bucket is emptied exactly once: O(1) amortised per record,
+    /// at most `n` bucket swaps when time jumps.
+    head: AtomicU64,
+    agg: Aggregate,
+}
+
+impl TimeWindow {
+    fn new(buckets: usize, width: u64) -> Self {
+        Self {
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            width,
+            head: AtomicU64::new(0),
+            agg: Aggregate::default(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    fn bucket(&self, index: u64) -> &Bucket {
+        &self.buckets[(index % self.len()) as usize]
+    }
+
+    fn advance(&self, to: u64) {
+        let mut head = self.head.load(Ordering::Acquire);
+        while to > head {
+            match self
+                .head
+                .compare_exchange_weak(head, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let first = (head + 1).max(to.saturating_sub(self.len() - 1));
+                    for index in first..=to {
+                        self.empty(self.bucket(index));
+                    }
+                    return;
+                }
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    fn empty(&self, bucket: &Bucket) {
+        let calls = bucket.calls.swap(0, Ordering::AcqRel) as i64;
+        let failures = bucket.failures.swap(0, Ordering::AcqRel) as i64;
+        let slow = bucket.slow.swap(0, Ordering::AcqRel) as i64;
+        self.agg.add(-calls, -failures, -slow);
+    }
+
+    fn record(&self, now: u64, failure: bool, slow: bool) -> Option<WindowCounts> {
+        let index = now / self.width;
+        self.advance(index);
+        if index + self.len() <= self.head.load(Ordering::Acquire) {
+            // Another thread already advanced past this outcome's bucket.
+            return None;
+        }
+        let bucket = self.bucket(index);
+        bucket.calls.fetch_add(1, Ordering::AcqRel);
+        if failure {
+            bucket.failures.fetch_add(1, Ordering::AcqRel);
+        }
+        if slow {
+            bucket.slow.fetch_add(1, Ordering::AcqRel);
+        }
+        self.agg.add(1, i64::from(failure), i64::from(slow));
+        Some(self.agg.load())
+    }
+
+    fn clear(&self) {
+        for bucket in self.buckets.iter() {
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.failures.store(0, Ordering::Relaxed);
+            bucket.slow.store(0, Ordering::Relaxed);
+        }
+        self.agg.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;
