@@ -1,2 +1,229 @@
-//! placeholder
-fn main() {}
+//! The palisade gateway: a hyper reverse proxy with every palisade pattern
+//! wired in.
+//!
+//! ```text
+//! cargo run --release --example gateway                  # demo upstream built in
+//! cargo run --release --example gateway -- --upstream http://127.0.0.1:9000
+//! cargo run --release --example gateway -- --config gateway.toml --log-format json
+//! ```
+//!
+//! Files: `config.rs` (flags + TOML), `stack.rs` (the layer stack, in
+//! order), `proxy.rs` (upstream choice and forwarding), `routes.rs`
+//! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
+//! demo upstream), `body.rs` (the response body type). See
+//! `docs/gateway.md` and `docs/architecture.md`.
+
+// A binary: `pub` items form the interface between the gateway's modules
+// (and the one pattern owners extend); none of them is reachable from outside.
+#![allow(unreachable_pub)]
+
+mod body;
+mod config;
+mod proxy;
+mod routes;
+mod stack;
+mod telemetry;
+mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use http::Uri;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Cli, Config};
+use crate::proxy::{ClientInfo, Upstreams};
+use crate::routes::{BuiltinRoutesLayer, Readiness, Routes, RoutesState};
+use crate::stack::{ConnectionService, Shared};
+use crate::telemetry::{RequestMetrics, TelemetryLayer, UpstreamMetrics};
+use crate::upstream::Faults;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Configuration is complete and valid before anything is bound.
+    let (config, upstreams) = match cli.load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&config.log);
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if cli.demo_upstream_only {
+            run_demo_upstream_only(&config).await
+        } else {
+            run(config, upstreams).await
+        }
+    });
+    // Tasks still running (the demo upstream, connections cut at the
+    // deadline) are dropped here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<(), BoxError> {
+    // Installed first: a signal arriving right after the listening line must
+    // drain the gateway, not kill it.
+    let shutdown = shutdown_signal()?;
+    let metrics = telemetry::init_metrics();
+
+    // No upstream configured: serve the demo upstream in-process.
+    let faults = if upstreams.is_empty() {
+        let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(upstream::serve(
+            listener,
+            faults.clone(),
+            std::future::pending(),
+        ));
+        tracing::info!("demo upstream listening on http://{addr}");
+        upstreams.push(format!("http://{addr}").parse()?);
+        Some(faults)
+    } else {
+        None
+    };
+
+    let readiness = Readiness::new();
+    let routes = Routes::new(faults.is_some());
+    let request_metrics = Arc::new(RequestMetrics::new());
+    let upstreams = Arc::new(Upstreams::new(&upstreams));
+    let shared = Shared {
+        telemetry: TelemetryLayer::new(request_metrics.clone(), routes),
+        routes: BuiltinRoutesLayer::new(RoutesState {
+            routes,
+            readiness: readiness.clone(),
+            metrics,
+            faults,
+        }),
+        upstream_metrics: Arc::new(UpstreamMetrics::new(&upstreams)),
+        upstreams,
+        config,
+    };
+    let stack = stack::build(&shared)?;
+    let config = &shared.config;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout.get());
+    builder.http2().timer(TokioTimer::new());
+    if !config.server.http2 {
+        builder = builder.http1_only();
+    }
+
+    let graceful = GracefulShutdown::new();
+    tracing::info!("listening on http://{addr}");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            res = listener.accept() => match res {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead
+                    // of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        request_metrics.connection_accepted();
+        let svc = ConnectionService::new(stack.clone(), ClientInfo::new(peer));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+
+    // Baseline graceful shutdown: stop accepting, report not-ready, let
+    // in-flight requests finish up to the deadline.
+    drop(listener);
+    readiness.set_ready(false);
+    let deadline = config.server.shutdown_timeout.get();
+    tracing::info!(
+        connections = graceful.count(),
+        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        "shutting down: stopped accepting, draining in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained, exiting"),
+        () = tokio::time::sleep(deadline) => {
+            tracing::warn!("shutdown deadline passed, closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// `--demo-upstream-only`: the demo upstream alone on `server.listen`.
+async fn run_demo_upstream_only(config: &Config) -> Result<(), BoxError> {
+    let shutdown = shutdown_signal()?;
+    let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    tracing::info!(
+        "demo upstream listening on http://{}",
+        listener.local_addr()?
+    );
+    upstream::serve(listener, faults, shutdown).await;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed when
+/// this is called, not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown signal received");
+    })
+}

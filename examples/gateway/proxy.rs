@@ -1,0 +1,500 @@
+//! Forwarding: choosing an upstream ([`ChooseUpstream`]) and sending the
+//! request to it over pooled keep-alive connections ([`Proxy`]).
+//!
+//! The choice is its own step so the per-upstream layers (a circuit breaker
+//! keyed by [`Upstream::index`]) can sit between the choice and the
+//! forwarding; see `stack.rs`.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{self, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower::{BoxError, Layer, Service};
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::telemetry::UpstreamMetrics;
+
+// === ClientInfo ===
+
+/// The client side of a connection, computed once per accepted connection
+/// and attached to each of its requests as an extension (the gateway's
+/// `ConnectInfo`). Layers keyed by client (a per-IP rate limit) read it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The peer address of the client connection.
+    pub addr: SocketAddr,
+    /// `X-Forwarded-For` element for this client, formatted once.
+    x_forwarded_for: HeaderValue,
+    /// `Forwarded` element for this client, formatted once.
+    forwarded: HeaderValue,
+}
+
+impl ClientInfo {
+    /// Info for a connection from `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip();
+        let xff =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        // RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
+        let fwd = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        let forwarded =
+            HeaderValue::from_str(&fwd).expect("a Forwarded element is a valid header value");
+        Self {
+            addr,
+            x_forwarded_for: xff,
+            forwarded,
+        }
+    }
+}
+
+// === Upstream ===
+
+/// The upstream chosen for a request, set as a request extension by
+/// [`ChooseUpstream`] and moved to the response extensions by [`Proxy`].
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Position in the configured upstream list; stable key for
+    /// per-upstream state (a circuit breaker per upstream).
+    pub index: usize,
+    /// `http`.
+    pub scheme: Scheme,
+    /// `host:port` the request is sent to.
+    pub authority: Authority,
+}
+
+/// The configured upstreams, shared by every clone of [`ChooseUpstream`].
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    next: AtomicUsize,
+}
+
+impl Upstreams {
+    /// Upstreams from validated base URIs (`http://host:port`).
+    pub fn new(uris: &[Uri]) -> Self {
+        let list = uris
+            .iter()
+            .enumerate()
+            .map(|(index, uri)| Upstream {
+                index,
+                scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+                authority: uri
+                    .authority()
+                    .cloned()
+                    .expect("validated upstream has an authority"),
+            })
+            .collect();
+        Self {
+            list,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstreams, in configuration order.
+    pub fn list(&self) -> &[Upstream] {
+        &self.list
+    }
+
+    fn pick(&self) -> &Upstream {
+        // Round robin; Relaxed is enough, the counter orders nothing else.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.list[n % self.list.len()]
+    }
+}
+
+/// Layer that applies [`ChooseUpstream`].
+#[derive(Debug, Clone)]
+pub struct ChooseUpstreamLayer {
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl ChooseUpstreamLayer {
+    /// Round robin over `upstreams` (must not be empty).
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<UpstreamMetrics>) -> Self {
+        assert!(!upstreams.list.is_empty(), "at least one upstream");
+        Self { upstreams, metrics }
+    }
+}
+
+impl<S> Layer<S> for ChooseUpstreamLayer {
+    type Service = ChooseUpstream<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ChooseUpstream {
+            inner,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Picks the upstream (round robin) and records it as the [`Upstream`]
+/// request extension; counts and logs upstream failures of the layers below.
+#[derive(Debug, Clone)]
+pub struct ChooseUpstream<S> {
+    inner: S,
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl<S, B> Service<Request<B>> for ChooseUpstream<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ChooseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let upstream = self.upstreams.pick();
+        let index = upstream.index;
+        req.extensions_mut().insert(upstream.clone());
+        ChooseFuture {
+            inner: self.inner.call(req),
+            index,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ChooseUpstream`].
+    #[derive(Debug)]
+    pub struct ChooseFuture<F> {
+        #[pin]
+        inner: F,
+        index: usize,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<UpstreamMetrics>,
+    }
+}
+
+impl<F, T, E> Future for ChooseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.inner.poll(cx)) {
+            Ok(res) => Poll::Ready(Ok(res)),
+            Err(e) => {
+                let e = e.into();
+                if let Some(kind) = UpstreamErrorKind::of(&*e) {
+                    this.metrics.record(*this.index, kind);
+                    let upstream = &this.upstreams.list[*this.index].authority;
+                    tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&*e), "upstream request failed");
+                }
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+/// What went wrong talking to an upstream (the `kind` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No connection could be opened.
+    Connect,
+    /// No response head within `upstream.timeout`.
+    Timeout,
+    /// The connection failed mid-request or the response was malformed.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// All kinds, in metric-table order.
+    pub const ALL: [Self; 3] = [Self::Connect, Self::Timeout, Self::Protocol];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// Classifies an error from the forwarding layers; `None` for errors that
+    /// are not the upstream's fault (a rejection by a policy layer).
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        if e.is::<tower::timeout::error::Elapsed>() {
+            Some(Self::Timeout)
+        } else if let Some(p) = e.downcast_ref::<ProxyError>() {
+            match p {
+                ProxyError::Connect(_) => Some(Self::Connect),
+                ProxyError::Upstream(_) => Some(Self::Protocol),
+                ProxyError::NoUpstream => None,
+            }
+        } else {
+            None
+        }
+    }
+}
+
+/// Displays an error and its sources on one line (for logs only; responses
+/// never carry error details).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+// === Proxy ===
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// Could not connect to the upstream (refused, unreachable, connect
+    /// timeout).
+    Connect(legacy::Error),
+    /// The upstream connection failed after connecting.
+    Upstream(legacy::Error),
+    /// No [`Upstream`] extension: `ChooseUpstream` is missing from the stack.
+    NoUpstream,
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(_) => f.write_str("upstream connect failed"),
+            Self::Upstream(_) => f.write_str("upstream request failed"),
+            Self::NoUpstream => f.write_str("no upstream chosen for the request"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) | Self::Upstream(e) => Some(e),
+            Self::NoUpstream => None,
+        }
+    }
+}
+
+/// The forwarding service: rewrites the request for the upstream named by the
+/// [`Upstream`] extension and streams both bodies through a pooled client.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    /// A proxy with a keep-alive connection pool configured from `[upstream]`.
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout.get()));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout.get())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .build(connector);
+        Self { client }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // The pool has no bound to wait for; limits are the layers' job.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let Some(upstream) = req.extensions_mut().remove::<Upstream>() else {
+            return ProxyFuture {
+                state: ProxyState::Failed {
+                    error: Some(ProxyError::NoUpstream),
+                },
+            };
+        };
+        prepare_request(&mut req, &upstream);
+        ProxyFuture {
+            state: ProxyState::Sending {
+                inner: self.client.request(req),
+                upstream: Some(upstream),
+            },
+        }
+    }
+}
+
+/// Rewrites the request in place for `upstream`.
+fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // An h2 client has no Host header, only the URI authority; keep it as Host
+    // so the upstream sees the name the client used, as an h1 client sends it.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(upstream.scheme.clone());
+    parts.authority = Some(upstream.authority.clone());
+    parts.path_and_query = Some(path);
+    *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a valid URI");
+    // The upstream side always speaks HTTP/1.1, whatever the client spoke.
+    *req.version_mut() = Version::HTTP_11;
+
+    let info = req.extensions().get::<ClientInfo>().cloned();
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+    if let Some(info) = info {
+        append_list(headers, X_FORWARDED_FOR, info.x_forwarded_for);
+        append_list(headers, header::FORWARDED, info.forwarded);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Appends `element` to the comma-separated list `name`, joining existing
+/// field lines into one (some upstreams read only the first line).
+fn append_list(headers: &mut HeaderMap, name: HeaderName, element: HeaderValue) {
+    match headers.entry(name) {
+        header::Entry::Vacant(v) => {
+            v.insert(element);
+        }
+        header::Entry::Occupied(mut o) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in o.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(element.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => {
+                    o.insert(v);
+                }
+                // Unreachable in practice (joined valid values stay valid);
+                // fall back to a second field line.
+                Err(_) => o.append(element),
+            }
+        }
+    }
+}
+
+/// The hop-by-hop fields of RFC 9110 section 7.6.1 (plus `Proxy-Connection`,
+/// which old clients send): they describe one connection and must not be
+/// forwarded.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop fields, including every field named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: most requests carry no Connection header at all.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        // `remove` drops every `Connection` field line.
+        headers.remove(header::CONNECTION);
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+pin_project! {
+    /// Response future of [`Proxy`].
+    pub struct ProxyFuture {
+        #[pin]
+        state: ProxyState,
+    }
+}
+
+pin_project! {
+    #[project = ProxyStateProj]
+    enum ProxyState {
+        Sending { #[pin] inner: legacy::ResponseFuture, upstream: Option<Upstream> },
+        Failed { error: Option<ProxyError> },
+    }
+}
+
+impl fmt::Debug for ProxyFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ProxyFuture {
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ProxyStateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ProxyFuture polled after completion"))),
+            ProxyStateProj::Sending { inner, upstream } => {
+                let res = ready!(inner.poll(cx)).map_err(|e| {
+                    if e.is_connect() {
+                        ProxyError::Connect(e)
+                    } else {
+                        ProxyError::Upstream(e)
+                    }
+                })?;
+                let (mut parts, body) = res.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                if let Some(upstream) = upstream.take() {
+                    parts.extensions.insert(upstream);
+                }
+                Poll::Ready(Ok(Response::from_parts(parts, Body::stream(body))))
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Built-in routes, answered by the gateway itself before any policy layer
+//! (so probes and the fault switch work while a limiter rejects or a breaker
+//! is open):
+//!
+//! - `/healthz`: liveness, `200 ok` while the process serves.
+//! - `/readyz`: readiness, `200 ready` or `503 not ready` from [`Readiness`]
+//!   (cleared when draining starts).
+//! - `/metrics`: Prometheus text format.
+//! - `/demo/faults`: the demo upstream's fault injection (only when the demo
+//!   upstream runs): `GET` shows it as JSON, `PUT`/`POST` with
+//!   `?error_rate=0.5&latency_ms=100` changes it.
+//!
+//! Everything else goes down the stack to the proxy.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::Body;
+use crate::upstream::Faults;
+
+/// The route a request belongs to; also the `route` metric label, so the
+/// label set stays small whatever paths clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/healthz`
+    Healthz = 0,
+    /// `/readyz`
+    Readyz = 1,
+    /// `/metrics`
+    Metrics = 2,
+    /// `/demo/faults`
+    DemoFaults = 3,
+    /// Everything else: forwarded upstream.
+    Proxy = 4,
+}
+
+impl Route {
+    /// Every route, indexed by its discriminant.
+    pub const ALL: [Route; 5] = [
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::DemoFaults,
+        Route::Proxy,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::DemoFaults => "demo_faults",
+            Route::Proxy => "proxy",
+        }
+    }
+}
+
+/// Classifies request paths into [`Route`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct Routes {
+    demo: bool,
+}
+
+impl Routes {
+    /// `demo`: whether `/demo/faults` is a built-in route (the demo upstream
+    /// runs) or is forwarded like any path.
+    pub fn new(demo: bool) -> Self {
+        Self { demo }
+    }
+
+    /// The route of `path`.
+    pub fn classify(&self, path: &str) -> Route {
+        match path {
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            "/demo/faults" if self.demo => Route::DemoFaults,
+            _ => Route::Proxy,
+        }
+    }
+}
+
+/// The readiness flag behind `/readyz`. Clones share it; draining clears it
+/// so load balancers stop sending new traffic.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// A flag that starts ready.
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Sets readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// State the built-in routes answer from.
+#[derive(Debug)]
+pub struct RoutesState {
+    /// Classifier shared with the telemetry layer.
+    pub routes: Routes,
+    /// Backs `/readyz`.
+    pub readiness: Readiness,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Backs `/demo/faults` when the demo upstream runs.
+    pub faults: Option<Faults>,
+}
+
+/// Layer that answers the built-in routes; see the module docs.
+#[derive(Debug, Clone)]
+pub struct BuiltinRoutesLayer {
+    state: Arc<RoutesState>,
+}
+
+impl BuiltinRoutesLayer {
+    /// Answers from `state`.
+    pub fn new(state: RoutesState) -> Self {
+        Self {
+            state: Arc::new(state),
+        }
+    }
+}
+
+impl<S> Layer<S> for BuiltinRoutesLayer {
+    type Service = BuiltinRoutes<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BuiltinRoutes {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// See [`BuiltinRoutesLayer`].
+///
+/// Always ready: a built-in route must answer even while the layers below
+/// apply backpressure. A forwarded request drives the inner service's
+/// readiness itself (`Oneshot` on a clone, the idiom axum's router uses).
+#[derive(Debug, Clone)]
+pub struct BuiltinRoutes<S> {
+    inner: S,
+    state: Arc<RoutesState>,
+}
+
+impl<S, B> Service<Request<B>> for BuiltinRoutes<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = RoutesFuture<Oneshot<S, Request<B>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let route = self.state.routes.classify(req.uri().path());
+        if route == Route::Proxy {
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return RoutesFuture::Forward {
+                inner: inner.oneshot(req),
+            };
+        }
+        RoutesFuture::Local {
+            res: Some(self.answer(route, &req)),
+        }
+    }
+}
+
+impl<S> BuiltinRoutes<S> {
+    fn answer<B>(&self, route: Route, req: &Request<B>) -> Response<Body> {
+        match route {
+            Route::Healthz => text(StatusCode::OK, "ok\n"),
+            Route::Readyz if self.state.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
+            Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            Route::Metrics => {
+                let mut res = Response::new(Body::from(self.state.metrics.render()));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            }
+            Route::DemoFaults => match &self.state.faults {
+                Some(faults) => demo_faults(faults, req),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            Route::Proxy => unreachable!("forwarded requests are not answered locally"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn demo_faults<B>(faults: &Faults, req: &Request<B>) -> Response<Body> {
+    match *req.method() {
+        Method::GET | Method::HEAD => {}
+        Method::PUT | Method::POST => {
+            let mut error_rate = None;
+            let mut latency = None;
+            for kv in req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|s| !s.is_empty())
+            {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                match k {
+                    "error_rate" => match v.parse::<f64>() {
+                        Ok(r) if (0.0..=1.0).contains(&r) => error_rate = Some(r),
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "error_rate must be within 0.0..=1.0\n",
+                            );
+                        }
+                    },
+                    "latency_ms" => match v.parse::<f64>() {
+                        Ok(ms) if (0.0..=3_600_000.0).contains(&ms) => {
+                            latency = Some(Duration::from_secs_f64(ms / 1000.0));
+                        }
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "latency_ms must be a number of milliseconds\n",
+                            );
+                        }
+                    },
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "known parameters: error_rate, latency_ms\n",
+                        );
+                    }
+                }
+            }
+            faults.set(error_rate, latency);
+            tracing::info!(
+                error_rate = faults.error_rate(),
+                latency_ms = faults.latency().as_secs_f64() * 1000.0,
+                "demo upstream faults changed"
+            );
+        }
+        _ => {
+            let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            res.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, PUT, POST"),
+            );
+            return res;
+        }
+    }
+    let mut res = Response::new(Body::from(faults.to_json()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+pin_project! {
+    /// Response future of [`BuiltinRoutes`].
+    #[project = RoutesFutureProj]
+    #[derive(Debug)]
+    pub enum RoutesFuture<F> {
+        /// Forwarded down the stack.
+        Forward { #[pin] inner: F },
+        /// Answered by a built-in route.
+        Local { res: Option<Response<Body>> },
+    }
+}
+
+impl<F, E> Future for RoutesFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RoutesFutureProj::Forward { inner } => inner.poll(cx),
+            RoutesFutureProj::Local { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("RoutesFuture polled after completion"))),
+        }
+    }
+}

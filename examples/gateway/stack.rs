@@ -1,0 +1,265 @@
+//! THE stack: every layer of the gateway, in order. Read this file to see how
+//! palisade layers compose with each other and with tower's own.
+//!
+//! A request travels top to bottom, the response bottom to top:
+//!
+//! ```text
+//!  client
+//!    │
+//!  1 TelemetryLayer       access log, request count + latency, in-flight
+//!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
+//!  3 ErrorResponseLayer   any error below becomes a short HTTP response
+//!  4 (shutdown)           -- slot: drain tracking / reject when draining
+//!  5 (ratelimit)          -- slot: admission control, 429
+//!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
+//!  7 (breaker)            -- slot: circuit breaker keyed by `Upstream::index`
+//!  8 TimeoutLayer         upstream.timeout, 504
+//!  9 Proxy                forwards over pooled keep-alive connections
+//!    │
+//!  upstream
+//! ```
+//!
+//! Why this order:
+//! - Telemetry is outermost so its numbers are what clients saw: 429s, 503s,
+//!   504s and built-in routes are all counted, with the final status.
+//! - Built-in routes come before every policy layer: probes and `/metrics`
+//!   must answer while the limiter rejects or the breaker is open, and a
+//!   `/healthz` must not spend a rate-limit token.
+//! - Error mapping sits right below the routes so every policy layer may
+//!   simply fail with its typed error; one place turns errors into responses
+//!   (and the telemetry above sees a status, never an error).
+//! - Shutdown before rate limiting: a draining gateway rejects new work
+//!   without charging the client's budget.
+//! - Rate limiting before the upstream choice: a rejected request never
+//!   touches per-upstream state.
+//! - The breaker sits between choice and forwarding, so each upstream has its
+//!   own breaker, and wraps the timeout so a timeout counts as a failure.
+//! - The timeout is innermost so it measures the upstream alone, not time
+//!   spent queued in the layers above.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::timeout::TimeoutLayer;
+use tower::util::Oneshot;
+use tower::{BoxError, Layer, Service, ServiceBuilder};
+
+use crate::body::Body;
+use crate::config::{Config, ConfigError};
+use crate::proxy::{ChooseUpstreamLayer, ClientInfo, ErrorChain, Proxy, ProxyError, Upstreams};
+use crate::routes::BuiltinRoutesLayer;
+use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
+
+/// What the stack is built from, created once at start-up.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Layer 1.
+    pub telemetry: TelemetryLayer,
+    /// Layer 2.
+    pub routes: BuiltinRoutesLayer,
+    /// The upstreams layer 6 chooses from.
+    pub upstreams: Arc<Upstreams>,
+    /// Upstream error counters layer 6 records into.
+    pub upstream_metrics: Arc<UpstreamMetrics>,
+}
+
+/// Builds the stack once; it is cloned per request (every layer's state sits
+/// behind an `Arc`, so clones share one limiter, one breaker per upstream).
+/// Fails, naming the key, when a layer rejects its configuration, before any
+/// port is bound.
+pub fn build(
+    shared: &Shared,
+) -> Result<
+    impl Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+    ConfigError,
+> {
+    let config = &shared.config;
+    let stack = ServiceBuilder::new()
+        .layer(shared.telemetry.clone())
+        .layer(shared.routes.clone())
+        .layer(ErrorResponseLayer)
+        // (shutdown) and (ratelimit) layers go here.
+        .layer(ChooseUpstreamLayer::new(
+            shared.upstreams.clone(),
+            shared.upstream_metrics.clone(),
+        ))
+        // (breaker) layer, keyed by `Upstream::index`, goes here.
+        .layer(TimeoutLayer::new(config.upstream.timeout.get()))
+        .service(Proxy::new(&config.upstream));
+    Ok(stack)
+}
+
+// === errors → responses ===
+
+/// The response for an error from the layers below [`ErrorResponseLayer`].
+/// Bodies are short and fixed: details go to the log, never to the client.
+///
+/// A pattern whose layer fails with its own error adds a downcast here
+/// (its crate's `http` module builds the 429/503 with `Retry-After`).
+pub fn error_response(err: &BoxError) -> Response<Body> {
+    let (status, body) = if err.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+    } else if let Some(e) = err.downcast_ref::<ProxyError>() {
+        match e {
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                (StatusCode::BAD_GATEWAY, "bad gateway\n")
+            }
+            ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        }
+    } else {
+        tracing::error!(error = %ErrorChain(&**err), "unexpected error in the gateway stack");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+    };
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// Turns the errors of the layers below into responses with
+/// [`error_response`], so the service hyper sees never fails (a failed
+/// service would make hyper drop the connection).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorResponseLayer;
+
+impl<S> Layer<S> for ErrorResponseLayer {
+    type Service = ErrorResponse<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorResponse {
+            inner,
+            failed: None,
+        }
+    }
+}
+
+/// See [`ErrorResponseLayer`].
+#[derive(Debug)]
+pub struct ErrorResponse<S> {
+    inner: S,
+    /// An error the inner service reported from `poll_ready`, answered by the
+    /// next `call` (readiness errors have no request to answer otherwise).
+    failed: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for ErrorResponse<S> {
+    fn clone(&self) -> Self {
+        // A clone starts without the readiness outcome of the original.
+        Self {
+            inner: self.inner.clone(),
+            failed: None,
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for ErrorResponse<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ErrorResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.failed.is_none()
+            && let Err(e) = ready!(self.inner.poll_ready(cx))
+        {
+            self.failed = Some(e.into());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.failed.take() {
+            Some(e) => ErrorResponseFuture::Failed {
+                res: Some(error_response(&e)),
+            },
+            None => ErrorResponseFuture::Inner {
+                inner: self.inner.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ErrorResponse`].
+    #[project = ErrorResponseProj]
+    #[derive(Debug)]
+    pub enum ErrorResponseFuture<F> {
+        /// Waiting for the inner service.
+        Inner { #[pin] inner: F },
+        /// Answering a readiness error.
+        Failed { res: Option<Response<Body>> },
+    }
+}
+
+impl<F, E> Future for ErrorResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ErrorResponseProj::Inner { inner } => Poll::Ready(Ok(match ready!(inner.poll(cx)) {
+                Ok(res) => res,
+                Err(e) => error_response(&e.into()),
+            })),
+            ErrorResponseProj::Failed { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("ErrorResponseFuture polled after completion"))),
+        }
+    }
+}
+
+// === per connection ===
+
+/// The hyper service for one client connection: attaches the connection's
+/// [`ClientInfo`] to each request, then runs a clone of the stack.
+#[derive(Debug, Clone)]
+pub struct ConnectionService<S> {
+    stack: S,
+    client: ClientInfo,
+}
+
+impl<S> ConnectionService<S> {
+    /// Serves the connection described by `client` with `stack`.
+    pub fn new(stack: S, client: ClientInfo) -> Self {
+        Self { stack, client }
+    }
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for ConnectionService<S>
+where
+    S: Service<Request<Incoming>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Oneshot<S, Request<Incoming>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.client.clone());
+        Oneshot::new(self.stack.clone(), req)
+    }
+}

@@ -1,0 +1,288 @@
+//! The embedded demo upstream: a small hyper server the gateway starts
+//! in-process when no `--upstream` is given, so the one-command run works on
+//! a fresh machine. With `--demo-upstream-only` it is the whole process (the
+//! benchmark upstream).
+//!
+//! Routes:
+//! - `/` → `hello\n`
+//! - `/echo` → the request body streamed back byte for byte; the request
+//!   method, URI and every request header come back as `x-echo-method`,
+//!   `x-echo-uri` and `x-echo-h-<name>` response headers
+//! - `/delay/{ms}` → answers after `ms` milliseconds
+//! - `/status/{code}` → answers with that status
+//! - `/items/{id}` and `/items?ids=1,2,3` → JSON for one or many items
+//! - `/hop-by-hop` → a response carrying hop-by-hop headers (proxy tests)
+//!
+//! Fault injection ([`Faults`]) applies to every route: added latency, then
+//! a deterministic share of 500 answers. The gateway exposes it at
+//! `/demo/faults` (see `routes.rs`).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::Body;
+
+const PPM: u64 = 1_000_000;
+
+/// Run-time fault injection for the demo upstream, shared between the demo
+/// server and the gateway's `/demo/faults` route. Cloning shares the state.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<FaultsInner>);
+
+#[derive(Debug, Default)]
+struct FaultsInner {
+    /// Error rate in parts per million (so one atomic holds it exactly).
+    error_ppm: AtomicU32,
+    latency_us: AtomicU64,
+    /// Requests seen; drives the deterministic error pattern.
+    seen: AtomicU64,
+}
+
+impl Faults {
+    /// Fault state starting with the given error rate (0.0..=1.0) and latency.
+    pub fn new(error_rate: f64, latency: Duration) -> Self {
+        let f = Self::default();
+        f.set(Some(error_rate), Some(latency));
+        f
+    }
+
+    /// Changes the error rate and/or the added latency.
+    pub fn set(&self, error_rate: Option<f64>, latency: Option<Duration>) {
+        if let Some(rate) = error_rate {
+            let ppm = (rate.clamp(0.0, 1.0) * PPM as f64).round() as u32;
+            self.0.error_ppm.store(ppm, Ordering::Relaxed);
+        }
+        if let Some(latency) = latency {
+            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            self.0.latency_us.store(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Current error rate, 0.0..=1.0.
+    pub fn error_rate(&self) -> f64 {
+        f64::from(self.0.error_ppm.load(Ordering::Relaxed)) / PPM as f64
+    }
+
+    /// Current added latency.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.0.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// The state as a JSON object.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"error_rate\":{},\"latency_ms\":{}}}\n",
+            self.error_rate(),
+            self.latency().as_secs_f64() * 1000.0
+        )
+    }
+
+    /// Whether the next request fails. Deterministic: request `n` fails when
+    /// `floor((n + 1) * rate) > floor(n * rate)`, so any window of requests
+    /// fails in exactly the configured proportion (rate 0.5 fails every
+    /// second request, 1.0 every request) and demos are reproducible.
+    fn next_fails(&self) -> bool {
+        let ppm = u64::from(self.0.error_ppm.load(Ordering::Relaxed));
+        if ppm == 0 {
+            return false;
+        }
+        let n = self.0.seen.fetch_add(1, Ordering::Relaxed);
+        (n + 1) * ppm / PPM > n * ppm / PPM
+    }
+}
+
+/// Serves the demo upstream on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, faults: Faults, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "demo upstream accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let faults = faults.clone();
+        let svc = hyper::service::service_fn(move |req| handle(req, faults.clone()));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "demo upstream connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, faults: Faults) -> Result<Response<Body>, Infallible> {
+    let latency = faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if faults.next_fails() {
+        return Ok(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected failure\n",
+        ));
+    }
+    let path = req.uri().path();
+    let res = if path == "/" {
+        text(StatusCode::OK, "hello\n")
+    } else if path == "/echo" {
+        echo(req)
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                text(StatusCode::OK, format!("delayed {ms}ms\n"))
+            }
+            Err(_) => text(
+                StatusCode::BAD_REQUEST,
+                "delay must be whole milliseconds\n",
+            ),
+        }
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(status) => text(status, format!("status {}\n", status.as_u16())),
+            None => text(StatusCode::BAD_REQUEST, "not a status code\n"),
+        }
+    } else if let Some(id) = path.strip_prefix("/items/") {
+        match id.parse::<u64>() {
+            Ok(id) => json(item_json(id)),
+            Err(_) => text(StatusCode::BAD_REQUEST, "item id must be a number\n"),
+        }
+    } else if path == "/items" {
+        items(req.uri().query())
+    } else if path == "/hop-by-hop" {
+        hop_by_hop()
+    } else {
+        text(StatusCode::NOT_FOUND, "not found\n")
+    };
+    Ok(res)
+}
+
+fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn json(body: String) -> Response<Body> {
+    let mut res = Response::new(Body::from(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn echo(req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut res = Response::new(Body::stream(body));
+    let h = res.headers_mut();
+    h.insert(
+        HeaderName::from_static("x-echo-method"),
+        HeaderValue::from_str(parts.method.as_str()).expect("a method is a valid header value"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&parts.uri.to_string()) {
+        h.insert(HeaderName::from_static("x-echo-uri"), v);
+    }
+    for (name, value) in &parts.headers {
+        if let Ok(echo_name) = HeaderName::from_bytes(format!("x-echo-h-{name}").as_bytes()) {
+            h.append(echo_name, value.clone());
+        }
+    }
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        h.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    res
+}
+
+fn item_json(id: u64) -> String {
+    format!(
+        "{{\"id\":{id},\"name\":\"item-{id}\",\"price_cents\":{}}}",
+        (id.wrapping_mul(37) + 100) % 10_000
+    )
+}
+
+const MAX_BATCH: usize = 1000;
+
+fn items(query: Option<&str>) -> Response<Body> {
+    let ids = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ids="))
+        .unwrap_or("");
+    let mut out = String::from("[");
+    let mut n = 0;
+    for id in ids.split(',').filter(|s| !s.is_empty()) {
+        let Ok(id) = id.parse::<u64>() else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "ids must be comma-separated numbers\n",
+            );
+        };
+        n += 1;
+        if n > MAX_BATCH {
+            return text(StatusCode::BAD_REQUEST, "at most 1000 ids per batch\n");
+        }
+        if n > 1 {
+            out.push(',');
+        }
+        let _ = write!(out, "{}", item_json(id));
+    }
+    out.push(']');
+    json(out)
+}
+
+fn hop_by_hop() -> Response<Body> {
+    let mut res = text(StatusCode::OK, "hop-by-hop\n");
+    let h = res.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("x-upstream-hop"),
+    );
+    h.insert(
+        HeaderName::from_static("x-upstream-hop"),
+        HeaderValue::from_static("1"),
+    );
+    h.insert(
+        HeaderName::from_static("keep-alive"),
+        HeaderValue::from_static("timeout=5"),
+    );
+    h.insert(
+        HeaderName::from_static("proxy-connection"),
+        HeaderValue::from_static("keep-alive"),
+    );
+    h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+    h.insert(
+        HeaderName::from_static("x-end-to-end"),
+        HeaderValue::from_static("kept"),
+    );
+    res
+}
