@@ -234,10 +234,10 @@ where
     }
 
     fn refund(&self, req: &Req, taken: u32) {
-        if taken > 0 {
-            if let Some(key) = self.extractor.extract(req) {
-                self.limiter.refund(&key, taken);
-            }
+        if taken > 0
+            && let Some(key) = self.extractor.extract(req)
+        {
+            self.limiter.refund(&key, taken);
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct RateLimit<S, P> {
     slot: Slot<P>,
 }
 
+type Release<P> = (Arc<Shared<P>>, fn(&P));
+
 /// Wait-mode bookkeeping: the cell this service has booked, if any.
 struct Slot<P> {
     state: State,
@@ -38,7 +40,7 @@ struct Slot<P> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// How to give the booked cell back; a function pointer because `Drop`
     /// cannot name the request type the policy is bound by.
-    release: Option<(Arc<Shared<P>>, fn(&P))>,
+    release: Option<Release<P>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +57,10 @@ enum State {
 
 impl<P> Drop for Slot<P> {
     fn drop(&mut self) {
-        if matches!(self.state, State::Waiting | State::Reserved) {
-            if let Some((shared, release)) = self.release.take() {
-                release(&shared.policy);
-            }
+        if matches!(self.state, State::Waiting | State::Reserved)
+            && let Some((shared, release)) = self.release.take()
+        {
+            release(&shared.policy);
         }
     }
 }

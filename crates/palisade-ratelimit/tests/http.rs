@@ -1,0 +1,255 @@
+//! The `http` feature: 429 mapping, header fields and key extractors.
+#![cfg(feature = "http")]
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use palisade_ratelimit::{
+    Clock, KeyExtractor, KeyedLimiter, Limiter, PerKey, Quota,
+    http::{
+        ClientIp, ForwardedHeader, Global, HeaderKey, Headers, HttpRateLimitLayer, PeerIp,
+        RouteKey, retry_after_secs,
+    },
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut builder = Request::builder().uri("/api/items");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut req = builder.body(()).unwrap();
+    req.extensions_mut()
+        .insert(SocketAddr::new(ip(peer), 40_000));
+    req
+}
+
+#[test]
+fn retry_after_rounds_up_and_is_never_zero() {
+    assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
+    assert_eq!(retry_after_secs(Duration::from_millis(999)), 1);
+    assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+    assert_eq!(retry_after_secs(Duration::from_millis(1_001)), 2);
+    assert_eq!(retry_after_secs(Duration::from_secs(59)), 59);
+}
+
+#[test]
+fn client_supplied_forwarding_headers_do_not_change_the_key() {
+    let extractor = ClientIp::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]);
+    let spoof = [("x-forwarded-for", "1.2.3.4")];
+
+    // An untrusted peer: its own address, whatever it claims.
+    assert_eq!(
+        extractor.extract(&request("198.51.100.7", &spoof)),
+        Some(ip("198.51.100.7"))
+    );
+    assert_eq!(
+        extractor.extract(&request("198.51.100.7", &[])),
+        Some(ip("198.51.100.7"))
+    );
+
+    // A trusted proxy: the rightmost untrusted hop, so a client prepending a
+    // fake address gets nothing.
+    let chained = [("x-forwarded-for", "1.2.3.4, 203.0.113.5")];
+    assert_eq!(
+        extractor.extract(&request("10.1.1.1", &chained)),
+        Some(ip("203.0.113.5"))
+    );
+    // Trusted hops are skipped, including across several header lines.
+    let req = request(
+        "10.1.1.1",
+        &[
+            ("x-forwarded-for", "1.2.3.4, 203.0.113.5"),
+            ("x-forwarded-for", "10.2.2.2"),
+        ],
+    );
+    assert_eq!(extractor.extract(&req), Some(ip("203.0.113.5")));
+    // Garbage stops the walk at the last trusted hop.
+    let garbage = [("x-forwarded-for", "1.2.3.4, not-an-ip, 10.2.2.2")];
+    assert_eq!(
+        extractor.extract(&request("10.1.1.1", &garbage)),
+        Some(ip("10.2.2.2"))
+    );
+    // All trusted: the leftmost.
+    let internal = [("x-forwarded-for", "10.9.9.9, 10.2.2.2")];
+    assert_eq!(
+        extractor.extract(&request("10.1.1.1", &internal)),
+        Some(ip("10.9.9.9"))
+    );
+    // Ports and IPv4-mapped peers are normalised.
+    let ported = [("x-forwarded-for", "203.0.113.5:1234")];
+    assert_eq!(
+        extractor.extract(&request("::ffff:10.1.1.1", &ported)),
+        Some(ip("203.0.113.5"))
+    );
+    // A trusted proxy that sent no header: the proxy itself.
+    assert_eq!(
+        extractor.extract(&request("10.1.1.1", &[])),
+        Some(ip("10.1.1.1"))
+    );
+
+    // RFC 7239 Forwarded, right to left, quoted IPv6 with a port.
+    let forwarded =
+        ClientIp::new(["10.0.0.0/8".parse().unwrap()]).header(ForwardedHeader::Forwarded);
+    let req = request(
+        "10.1.1.1",
+        &[(
+            "forwarded",
+            "for=1.2.3.4, for=\"[2001:db8::17]:4711\";proto=https, For=10.3.3.3",
+        )],
+    );
+    assert_eq!(forwarded.extract(&req), Some(ip("2001:db8::17")));
+    assert_eq!(
+        forwarded.extract(&request("192.0.2.1", &[("forwarded", "for=1.2.3.4")])),
+        Some(ip("192.0.2.1"))
+    );
+    let hidden = [("forwarded", "for=1.2.3.4, for=_hidden")];
+    assert_eq!(
+        forwarded.extract(&request("10.1.1.1", &hidden)),
+        Some(ip("10.1.1.1"))
+    );
+}
+
+#[test]
+fn simple_extractors() {
+    let req = request("2001:db8:aa:bb:1:2:3:4", &[("x-api-key", "k1")]);
+    assert_eq!(
+        PeerIp::new().extract(&req),
+        Some(ip("2001:db8:aa:bb:1:2:3:4"))
+    );
+    assert_eq!(
+        PeerIp::new().ipv6_prefix(64).extract(&req),
+        Some(ip("2001:db8:aa:bb::"))
+    );
+    assert_eq!(PeerIp::new().extract(&Request::new(())), None);
+    let header = HeaderKey::new(http::HeaderName::from_static("x-api-key"));
+    assert_eq!(header.extract(&req), Some(HeaderValue::from_static("k1")));
+    assert_eq!(header.extract(&Request::new(())), None);
+    let routes = RouteKey::new(["/api", "/api/items", "/admin"]);
+    assert_eq!(routes.extract(&req).as_deref(), Some("/api/items"));
+    let other = Request::builder().uri("/health").body(()).unwrap();
+    assert_eq!(routes.extract(&other), None);
+    assert_eq!(
+        KeyExtractor::<Request<()>>::extract(&Global, &other),
+        Some(())
+    );
+}
+
+fn ok_service()
+-> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send> + Clone
+{
+    tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new("ok".to_string()))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn limited_requests_get_429_with_consistent_fields() {
+    // 2 per second per IP, burst 2: T = 500 ms, window 1 s.
+    let per_ip = PerKey::new(
+        KeyedLimiter::builder(Quota::per_second(2).unwrap())
+            .name("per-ip")
+            .clock(Clock::tokio())
+            .build()
+            .unwrap(),
+        PeerIp::new(),
+    );
+    let layer = HttpRateLimitLayer::new(per_ip).headers(Headers::default().legacy(true));
+    let svc = ServiceBuilder::new().layer(layer).service(ok_service());
+    let call = |peer: &'static str| {
+        let svc = svc.clone();
+        async move { svc.oneshot(request(peer, &[])).await.unwrap() }
+    };
+
+    let first = call("192.0.2.1").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.body(), "ok");
+    assert_eq!(first.headers()["ratelimit-policy"], "\"per-ip\";q=2;w=1");
+    assert_eq!(first.headers()["ratelimit"], "\"per-ip\";r=1;t=1");
+    assert_eq!(first.headers()["x-ratelimit-limit"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "1");
+    assert_eq!(first.headers()["x-ratelimit-reset"], "1");
+
+    let second = call("192.0.2.1").await;
+    assert_eq!(second.headers()["ratelimit"], "\"per-ip\";r=0;t=1");
+
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let limited = call("192.0.2.1").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.body(), "");
+    // 400 ms to the next cell: rounded up to 1, never 0.
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"per-ip\";q=2;w=1");
+    assert_eq!(limited.headers()["ratelimit"], "\"per-ip\";r=0;t=1");
+    assert_eq!(limited.headers()["x-ratelimit-remaining"], "0");
+
+    // Another client is unaffected.
+    assert_eq!(call("192.0.2.2").await.status(), StatusCode::OK);
+    tokio::time::advance(Duration::from_millis(400)).await;
+    assert_eq!(call("192.0.2.1").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_can_be_limited_to_rejections_or_switched_off() {
+    let quota = Quota::builder()
+        .rate(1)
+        .per(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let limiter = || Limiter::builder(quota).clock(Clock::tokio()).build();
+
+    let svc = ServiceBuilder::new()
+        .layer(HttpRateLimitLayer::new(limiter()).headers(Headers::default().on_admitted(false)))
+        .service(ok_service());
+    let ok = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert!(ok.headers().is_empty());
+    let limited = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "10");
+    assert_eq!(limited.headers()["ratelimit"], "\"global\";r=0;t=10");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"global\";q=1;w=10");
+
+    let svc = ServiceBuilder::new()
+        .layer(HttpRateLimitLayer::new(limiter()).headers(Headers::none()))
+        .service(ok_service());
+    assert!(
+        svc.clone()
+            .oneshot(Request::new(()))
+            .await
+            .unwrap()
+            .headers()
+            .is_empty()
+    );
+    let limited = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(limited.headers().len(), 1);
+    assert_eq!(limited.headers()["retry-after"], "10");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_clones_share_state() {
+    let limiter = Limiter::builder(Quota::per_second(1).unwrap())
+        .clock(Clock::tokio())
+        .build();
+    let layer = HttpRateLimitLayer::new(limiter);
+    let a = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(ok_service());
+    let b = ServiceBuilder::new().layer(layer).service(ok_service());
+    assert_eq!(
+        a.oneshot(Request::new(())).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.oneshot(Request::new(())).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
