@@ -6,7 +6,7 @@ use crate::breaker::Breaker;
 use crate::classify::DefaultClassifier;
 use crate::service::CircuitBreaker;
 
-/// How [`CircuitBreaker::poll_ready`] behaves while the breaker rejects
+/// How `poll_ready` of [`CircuitBreaker`] behaves while the breaker rejects
 /// calls.
 ///
 /// See `docs/circuit-breaker.md` ("Fail fast or wait") for when to use which.

@@ -10,7 +10,7 @@
 //! ```
 //! use std::time::Duration;
 //! use palisade_breaker::{Breaker, CircuitBreakerLayer, Config, Rejected, State};
-//! use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
