@@ -1,7 +1,6 @@
 //! The drain handle shared by every clone of the drain layer.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
@@ -21,11 +20,17 @@ const DRAINING: usize = 1 << (usize::BITS - 1);
 ///
 /// Give [`Drain::layer`] to the service stack (in `http` mode,
 /// `http::HttpDrainLayer`), then call [`Drain::start`] when the shutdown
-/// reaches its drain phase and await [`Drain::drained`]. Clones share the
+/// reaches its drain phase and await [`Drain::drained`]. Copies share the
 /// same state. See the crate docs for an example.
-#[derive(Clone)]
+///
+/// A drain is meant to live as long as the process (create one per server,
+/// not per request or connection): its state is allocated once and never
+/// freed. That lets each request hold a plain `'static` reference instead
+/// of a reference-counted one, so admission costs exactly one atomic
+/// increment and release one atomic decrement.
+#[derive(Clone, Copy)]
 pub struct Drain {
-    pub(crate) state: Arc<DrainState>,
+    pub(crate) state: &'static DrainState,
 }
 
 pub(crate) struct DrainState {
@@ -36,7 +41,7 @@ pub(crate) struct DrainState {
 
 /// Held while a request is in flight; dropping it releases the request.
 pub(crate) struct InFlight {
-    state: Arc<DrainState>,
+    state: &'static DrainState,
 }
 
 // === impl Drain ===
@@ -45,18 +50,20 @@ impl Drain {
     /// Creates a drain with no requests in flight, not draining.
     pub fn new() -> Self {
         Self {
-            state: Arc::new(DrainState {
+            // Leaked on purpose, see the type docs: a few dozen bytes per
+            // drain, once per server.
+            state: Box::leak(Box::new(DrainState {
                 count: AtomicUsize::new(0),
                 zero: Notify::new(),
                 draining: CancellationToken::new(),
-            }),
+            })),
         }
     }
 
     /// A layer counting requests through this drain (generic mode: a
     /// request counts until its response future resolves).
     pub fn layer(&self) -> DrainLayer {
-        DrainLayer::new(self.clone())
+        DrainLayer::new(*self)
     }
 
     /// Requests currently in flight.
@@ -108,9 +115,7 @@ impl Drain {
 
     /// A token that fires when draining starts.
     pub fn token(&self) -> DrainToken {
-        DrainToken {
-            state: self.state.clone(),
-        }
+        DrainToken { state: self.state }
     }
 }
 
@@ -134,16 +139,11 @@ impl fmt::Debug for Drain {
 impl DrainState {
     /// Counts a new request, or returns `None` if draining has started.
     #[inline]
-    pub(crate) fn acquire(self: &Arc<Self>) -> Option<InFlight> {
+    pub(crate) fn acquire(&'static self) -> Option<InFlight> {
         let prev = self.count.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight {
-            state: self.clone(),
-        };
+        let guard = InFlight { state: self };
         if prev & DRAINING != 0 {
-            metrics::counter!(metric_names::REJECTED).increment(1);
-            // Dropping the guard undoes the increment and wakes the drain if
-            // this transient count was the last one.
-            drop(guard);
+            refuse(guard);
             return None;
         }
         Some(guard)
@@ -155,6 +155,24 @@ impl DrainState {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn refuse(guard: InFlight) {
+    metrics::counter!(metric_names::REJECTED).increment(1);
+    // Dropping the guard undoes the increment and wakes the drain if this
+    // transient count was the last one.
+    drop(guard);
+}
+
+#[cold]
+#[inline(never)]
+fn released_while_draining(state: &DrainState, left: usize) {
+    metrics::gauge!(metric_names::IN_FLIGHT).set(left as f64);
+    if left == 0 {
+        state.zero.notify_waiters();
+    }
+}
+
 impl Drop for InFlight {
     #[inline]
     fn drop(&mut self) {
@@ -162,11 +180,7 @@ impl Drop for InFlight {
         // Only while draining is anyone waiting or watching the gauge, so
         // the fast path is the single `fetch_sub`.
         if prev & DRAINING != 0 {
-            let left = (prev & !DRAINING) - 1;
-            metrics::gauge!(metric_names::IN_FLIGHT).set(left as f64);
-            if left == 0 {
-                self.state.zero.notify_waiters();
-            }
+            released_while_draining(self.state, (prev & !DRAINING) - 1);
         }
     }
 }
@@ -185,9 +199,9 @@ impl Drop for InFlight {
 /// }
 /// # }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct DrainToken {
-    state: Arc<DrainState>,
+    state: &'static DrainState,
 }
 
 impl DrainToken {
@@ -205,10 +219,8 @@ impl DrainToken {
 impl DrainToken {
     #[cfg(feature = "http")]
     #[inline]
-    pub(crate) fn from_state(state: &Arc<DrainState>) -> Self {
-        Self {
-            state: state.clone(),
-        }
+    pub(crate) fn from_state(state: &'static DrainState) -> Self {
+        Self { state }
     }
 }
 

@@ -36,6 +36,8 @@ fn retry_after_value(retry_after: Duration) -> HeaderValue {
     HeaderValue::from(secs)
 }
 
+#[cold]
+#[inline(never)]
 fn build_draining_response<B: Default>(retry_after: HeaderValue, version: Version) -> Response<B> {
     let mut response = Response::new(B::default());
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -110,7 +112,7 @@ impl<S> Layer<S> for HttpDrainLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HttpDrain {
             inner,
-            state: self.drain.state.clone(),
+            state: self.drain.state,
             config: self.config.clone(),
         }
     }
@@ -132,8 +134,9 @@ impl HttpDrainLayerBuilder {
     }
 
     /// Whether to insert a [`DrainToken`] into each request's extensions
-    /// (default `true`). It costs an `Arc` clone and the extensions map
-    /// allocation per request; turn it off if no handler watches it.
+    /// (default `true`). It costs the extensions map allocation per request
+    /// (the token itself is one pointer); turn it off if no handler watches
+    /// it.
     pub fn request_token(mut self, enabled: bool) -> Self {
         self.request_token = enabled;
         self
@@ -170,7 +173,7 @@ impl HttpDrainLayerBuilder {
 /// refused requests are answered, not failed.
 pub struct HttpDrain<S> {
     inner: S,
-    state: Arc<DrainState>,
+    state: &'static DrainState,
     config: Arc<Config>,
 }
 
@@ -197,7 +200,7 @@ impl<S: Clone> Clone for HttpDrain<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            state: self.state.clone(),
+            state: self.state,
             config: self.config.clone(),
         }
     }
@@ -236,7 +239,8 @@ where
                     return ResponseFuture {
                         inner: None,
                         guard: None,
-                        refused: Some((self.config.retry_after.clone(), request.version())),
+                        refused: Some(request.version()),
+                        config: Some(self.config.clone()),
                     };
                 }
             }
@@ -244,12 +248,13 @@ where
         if self.config.request_token {
             request
                 .extensions_mut()
-                .insert(DrainToken::from_state(&self.state));
+                .insert(DrainToken::from_state(self.state));
         }
         ResponseFuture {
             inner: Some(self.inner.call(request)),
             guard,
             refused: None,
+            config: None,
         }
     }
 }
@@ -261,7 +266,8 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         guard: Option<InFlight>,
-        refused: Option<(HeaderValue, Version)>,
+        refused: Option<Version>,
+        config: Option<Arc<Config>>,
     }
 }
 
@@ -274,10 +280,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            let (retry_after, version) = this
+            let version = this
                 .refused
                 .take()
                 .expect("ResponseFuture polled after completion");
+            let retry_after = this
+                .config
+                .as_ref()
+                .map(|c| c.retry_after.clone())
+                .expect("a refused request carries the configuration");
             return Poll::Ready(Ok(build_draining_response(retry_after, version)));
         };
         let result = ready!(inner.poll(cx));

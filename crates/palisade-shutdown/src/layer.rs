@@ -30,6 +30,6 @@ impl<S> Layer<S> for DrainLayer {
     type Service = DrainService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DrainService::new(inner, self.drain.clone())
+        DrainService::new(inner, self.drain)
     }
 }

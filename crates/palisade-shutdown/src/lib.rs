@@ -47,10 +47,9 @@
 //!
 //! let readiness = shutdown.readiness();
 //! shutdown.add_phase(Phase::delay("readiness-delay", Duration::from_millis(10)))?;
-//! shutdown.add_phase(Phase::new("drain", Duration::from_secs(30)).action({
-//!     let drain = drain.clone();
-//!     move |_ctx| async move { drain.drain().await }
-//! }))?;
+//! shutdown.add_phase(
+//!     Phase::new("drain", Duration::from_secs(30)).action(move |_ctx| async move { drain.drain().await }),
+//! )?;
 //! shutdown.add_phase(Phase::new("flush", Duration::from_secs(5)).cancel(&batcher).wait(&batcher))?;
 //!
 //! // Usually `palisade_shutdown::signal::spawn(&shutdown)?` starts it on SIGTERM.

@@ -133,7 +133,7 @@ async fn the_token_fires_when_draining_starts() {
 #[tokio::test]
 async fn services_built_per_connection_share_one_count() {
     let drain = Drain::new();
-    let layer = DrainLayer::new(drain.clone());
+    let layer = DrainLayer::new(drain);
     let mut a = tower::Layer::layer(&layer, tower::service_fn(|()| async { Ok::<_, Error>(()) }));
     let mut b = tower::Layer::layer(&layer, tower::service_fn(|()| async { Ok::<_, Error>(()) }));
     let fa = a.ready().await.unwrap().call(());
@@ -292,7 +292,7 @@ mod http_mode {
     async fn counts_until_the_response_body_ends_not_the_future() {
         let drain = Drain::new();
         let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Channel<Bytes, Infallible>>, _>(
-            HttpDrainLayer::new(drain.clone()),
+            HttpDrainLayer::new(drain),
         );
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
@@ -327,7 +327,7 @@ mod http_mode {
     async fn a_body_dropped_mid_stream_releases_its_slot() {
         let drain = Drain::new();
         let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Channel<Bytes, Infallible>>, _>(
-            HttpDrainLayer::new(drain.clone()),
+            HttpDrainLayer::new(drain),
         );
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
@@ -350,7 +350,7 @@ mod http_mode {
     #[tokio::test]
     async fn draining_answers_503_with_retry_after_and_connection_close() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain.clone())
+        let layer = HttpDrainLayer::builder(drain)
             .retry_after(std::time::Duration::from_millis(2500))
             .build()
             .unwrap();
@@ -383,7 +383,7 @@ mod http_mode {
     #[tokio::test]
     async fn exempt_paths_pass_while_draining_and_are_not_counted() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain.clone())
+        let layer = HttpDrainLayer::builder(drain)
             .exempt("/healthz")
             .build()
             .unwrap();
@@ -413,7 +413,7 @@ mod http_mode {
     #[tokio::test]
     async fn tokens_can_be_turned_off() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain.clone())
+        let layer = HttpDrainLayer::builder(drain)
             .request_token(false)
             .build()
             .unwrap();
@@ -478,7 +478,7 @@ mod http_mode {
     async fn an_inner_error_releases_the_slot() {
         let drain = Drain::new();
         let (mut svc, mut handle) =
-            mock::spawn_layer::<Req, Response<Full<Bytes>>, _>(HttpDrainLayer::new(drain.clone()));
+            mock::spawn_layer::<Req, Response<Full<Bytes>>, _>(HttpDrainLayer::new(drain));
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
         let fut = svc.call(req("/"));

@@ -6,11 +6,10 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use palisade_shutdown::{Drain, Phase, Shutdown, Trigger, metric_names};
 use tower::{Service, ServiceExt};
 
-fn value(
-    snapshot: &[(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<DebugValue> {
+/// Name, labels and value of one recorded metric.
+type Entry = (String, Vec<(String, String)>, DebugValue);
+
+fn value(snapshot: &[Entry], name: &str, labels: &[(&str, &str)]) -> Option<DebugValue> {
     snapshot
         .iter()
         .find(|(n, l, _)| {
@@ -50,15 +49,14 @@ fn shutdown_and_drain_metrics() {
             let stuck = tokio::spawn(svc.ready().await.unwrap().call(60_000));
             tokio::task::yield_now().await;
             shutdown
-                .add_phase(Phase::new("drain", Duration::from_secs(5)).action({
-                    let drain = drain.clone();
+                .add_phase(Phase::new("drain", Duration::from_secs(5)).action(
                     move |ctx| async move {
                         tokio::select! {
                             () = drain.drain() => {}
                             () = ctx.expired() => ctx.cut(format!("{} request(s)", drain.in_flight())),
                         }
-                    }
-                }))
+                    },
+                ))
                 .unwrap();
             shutdown.start(Trigger::Signal("SIGTERM"));
             let run = tokio::spawn({
@@ -74,7 +72,7 @@ fn shutdown_and_drain_metrics() {
         });
     });
 
-    let snapshot: Vec<(String, Vec<(String, String)>, DebugValue)> = snapshotter
+    let snapshot: Vec<Entry> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
