@@ -146,8 +146,8 @@ const SLOW: u8 = 4;
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    /// Sequence number of the next record; `next % len` is the slot it
-    /// overwrites, which holds the oldest outcome once the ring is full.
+    /// Sequence number of the next record modulo `len` (see `next_slot`);
+    /// its slot holds the oldest outcome once the ring is full.
     next: AtomicU64,
     agg: Aggregate,
 }
@@ -162,12 +162,19 @@ impl CountWindow {
     }
 
     fn record(&self, failure: bool, slow: bool) -> Option<WindowCounts> {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let slot = &self.slots[self.next_slot()];
         let new = FILLED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        // The common case (a success replacing a success) needs no write: the
+        // slot already holds what this record would put there. Skipping the
+        // swap only matters if a record one lap older is still in flight on
+        // this slot; it then lands after us, which keeps the totals exact
+        // (it accounts for what it swaps out) and only reorders two outcomes
+        // `len` calls apart.
+        if slot.load(Ordering::Acquire) == new {
+            return None;
+        }
         let old = slot.swap(new, Ordering::AcqRel);
         if old == new {
-            // Same outcome replaced: totals unchanged, rates unchanged.
             return None;
         }
         let bit = |v: u8, b: u8| i64::from(v & b != 0);
@@ -180,6 +187,26 @@ impl CountWindow {
             return None;
         }
         Some(self.agg.load())
+    }
+
+    /// The slot of the next record: the oldest one once the ring is full.
+    ///
+    /// `next` counts records modulo `len` without a division on the common
+    /// path: whoever draws `len - 1` subtracts `len` once per lap. Values
+    /// drawn before that subtraction lands are `>= len` and take the modulo,
+    /// so every value still maps to `seq % len` of a gapless sequence.
+    #[inline]
+    fn next_slot(&self) -> usize {
+        let len = self.slots.len() as u64;
+        let drawn = self.next.fetch_add(1, Ordering::Relaxed);
+        if drawn == len - 1 {
+            self.next.fetch_sub(len, Ordering::Relaxed);
+        }
+        if drawn < len {
+            drawn as usize
+        } else {
+            (drawn % len) as usize
+        }
     }
 
     fn clear(&self) {
