@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +19,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
 
 use crate::BoxError;
 use crate::metric_names;
@@ -54,9 +54,9 @@ use crate::metric_names;
 /// # Ok(())
 /// # }
 /// ```
-pub struct Server<S> {
+pub struct Server<M> {
     listener: TcpListener,
-    service: S,
+    make: M,
     builder: auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     closed: ClosedOnDrop,
@@ -92,16 +92,61 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Makes the hyper service of each accepted connection.
+///
+/// Implemented by closures `FnMut(SocketAddr) -> H` (to attach the peer
+/// address, see [`Server::from_fn`]) and by [`PerConnection`] (a tower
+/// service cloned per connection, see [`Server::new`]).
+pub trait MakeConnectionService {
+    /// The hyper service of one connection.
+    type Service;
+
+    /// Makes the service for a connection from `peer`.
+    fn make(&mut self, peer: SocketAddr) -> Self::Service;
+}
+
+impl<F, H> MakeConnectionService for F
+where
+    F: FnMut(SocketAddr) -> H,
+{
+    type Service = H;
+
+    fn make(&mut self, peer: SocketAddr) -> H {
+        self(peer)
+    }
+}
+
+/// A tower service cloned for each connection; see [`Server::new`].
+#[derive(Debug, Clone)]
+pub struct PerConnection<S>(S);
+
+impl<S: Clone> MakeConnectionService for PerConnection<S> {
+    type Service = TowerToHyperService<S>;
+
+    fn make(&mut self, _peer: SocketAddr) -> Self::Service {
+        TowerToHyperService::new(self.0.clone())
+    }
+}
+
 // === impl Server ===
 
-impl<S> Server<S> {
+impl<S> Server<PerConnection<S>> {
     /// A server for `service` (a tower service, cloned per connection) on
     /// `listener`, with hyper-util's auto builder defaults.
     pub fn new(listener: TcpListener, service: S) -> Self {
+        Server::from_fn(listener, PerConnection(service))
+    }
+}
+
+impl<M> Server<M> {
+    /// A server whose connections are served by `make(peer)`: a closure
+    /// `FnMut(SocketAddr) -> H` where `H` is a `hyper::service::Service`,
+    /// or any [`MakeConnectionService`].
+    pub fn from_fn(listener: TcpListener, make: M) -> Self {
         let listener_closed = CancellationToken::new();
         Self {
             listener,
-            service,
+            make,
             builder: auto::Builder::new(TokioExecutor::new()),
             shared: Arc::new(Shared {
                 stop: CancellationToken::new(),
@@ -123,6 +168,12 @@ impl<S> Server<S> {
         &mut self.builder
     }
 
+    /// Replaces the hyper-util builder (e.g. one made `http1_only()`).
+    pub fn with_builder(mut self, builder: auto::Builder<TokioExecutor>) -> Self {
+        self.builder = builder;
+        self
+    }
+
     /// A handle to stop and drain this server.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
@@ -135,16 +186,17 @@ impl<S> Server<S> {
     /// # Errors
     ///
     /// As [`TcpListener::local_addr`].
-    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 }
 
-impl<S, B> Server<S>
+impl<M, H, B> Server<M>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    M: MakeConnectionService<Service = H> + Send + 'static,
+    H: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<BoxError>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -155,7 +207,7 @@ where
     pub async fn run(self) {
         let Server {
             listener,
-            service,
+            mut make,
             builder,
             shared,
             closed,
@@ -166,8 +218,8 @@ where
                 () = shared.stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Per-connection errors (reset before accept) are not
                     // the listener's; resource exhaustion (EMFILE) is, and
@@ -187,7 +239,7 @@ where
             shared.open.fetch_add(1, Ordering::AcqRel);
             let open = OpenGuard(shared.clone());
             let builder = builder.clone();
-            let service = TowerToHyperService::new(service.clone());
+            let service = make.make(peer);
             shared.conns.spawn(async move {
                 let shared = open.0.clone();
                 let conn =
@@ -199,7 +251,7 @@ where
                         biased;
                         result = conn.as_mut() => {
                             if let Err(error) = result {
-                                tracing::debug!(error = %error, "connection ended with an error");
+                                tracing::debug!(error = %error, %peer, "connection ended with an error");
                             }
                             if draining {
                                 shared.graceful.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +289,7 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-impl<S> fmt::Debug for Server<S> {
+impl<M> fmt::Debug for Server<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listener", &self.listener)
