@@ -47,17 +47,10 @@ fn connections() -> usize {
         .unwrap_or(10_000)
 }
 
-fn hello() -> impl tower::Service<
-    Request<Incoming>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_req: Request<Incoming>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"hello")))))
-    })
+type Hello = Response<Full<Bytes>>;
+
+async fn hello(_req: Request<Incoming>) -> Result<Hello, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
 /// The client process: open `n` connections, one request each, report
@@ -127,7 +120,7 @@ fn spawn_client(addr: std::net::SocketAddr, n: usize) -> std::process::Child {
 async fn palisade_once(n: usize) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new(listener, hello());
+    let server = Server::new(listener, tower::service_fn(hello));
     let handle = server.handle();
     tokio::spawn(server.run());
     let mut child = tokio::task::spawn_blocking(move || spawn_client(addr, n))
@@ -163,7 +156,10 @@ async fn hyper_util_once(n: usize) -> Duration {
                 };
                 let _ = stream.set_nodelay(true);
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(hello()))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(tower::service_fn(hello)),
+                    )
                     .into_owned();
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
