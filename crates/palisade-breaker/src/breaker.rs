@@ -415,12 +415,14 @@ impl Shared {
         let wait_ms = t.wait.map_or(0, |w| w.as_millis() as u64);
         if matches!(t.to, State::Open | State::ForcedOpen) {
             tracing::warn!(
+                target: "palisade_breaker",
                 breaker = %t.name, from = %t.from, to = %t.to, reason = %t.reason,
                 failure_rate = rate, slow_call_rate = slow_rate, calls, wait_ms,
                 "circuit breaker opened"
             );
         } else {
             tracing::info!(
+                target: "palisade_breaker",
                 breaker = %t.name, from = %t.from, to = %t.to, reason = %t.reason,
                 failure_rate = rate, slow_call_rate = slow_rate, calls,
                 "circuit breaker state changed"
