@@ -1,7 +1,7 @@
-//! The one response body type of the gateway: either an upstream body
-//! streamed through untouched, or a small body the gateway wrote itself
-//! (built-in routes, error responses). An enum instead of a boxed trait
-//! object keeps the proxied path free of allocations.
+//! The one response body type of the gateway: either a peer's body streamed
+//! through untouched, or a small body the gateway wrote itself (built-in
+//! routes, error responses). An enum instead of a boxed trait object keeps
+//! the proxied path free of allocations.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,18 +9,26 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
 
-pin_project! {
-    /// Response body: streamed upstream body or a complete gateway body.
-    #[project = BodyProj]
-    #[derive(Debug)]
-    pub enum Body {
-        /// Streamed from a peer frame by frame (never buffered whole).
-        Stream { #[pin] inner: Incoming },
-        /// Complete in memory; `None` once sent.
-        Full { data: Option<Bytes> },
-    }
+use crate::pool::Lease;
+
+/// Response body: a streamed peer body or a complete gateway body.
+#[derive(Debug)]
+pub enum Body {
+    /// Streamed from a peer frame by frame (never buffered whole). `lease`
+    /// is the upstream connection the body arrives on: it goes back to the
+    /// pool once the body has been read to its end.
+    Stream {
+        /// The peer's body.
+        inner: Incoming,
+        /// The pooled upstream connection carrying it, if any.
+        lease: Option<Lease>,
+    },
+    /// Complete in memory; `None` once sent.
+    Full {
+        /// The bytes still to send.
+        data: Option<Bytes>,
+    },
 }
 
 impl Body {
@@ -29,9 +37,17 @@ impl Body {
         Body::Full { data: None }
     }
 
-    /// A streamed body.
+    /// A streamed body not tied to a pooled connection.
     pub fn stream(inner: Incoming) -> Self {
-        Body::Stream { inner }
+        Body::Stream { inner, lease: None }
+    }
+
+    /// An upstream body; `lease` returns to the pool at the body's end.
+    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+        Body::Stream {
+            inner,
+            lease: Some(lease),
+        }
     }
 }
 
@@ -75,25 +91,50 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            BodyProj::Stream { inner } => inner.poll_frame(cx),
-            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        // Every field is Unpin (`Incoming` included), so no projection.
+        match self.get_mut() {
+            Body::Stream { inner, lease } => {
+                let frame = Pin::new(&mut *inner).poll_frame(cx);
+                // Hand the connection back as soon as its response is
+                // complete, not when hyper gets around to dropping the body.
+                if (matches!(frame, Poll::Ready(None)) || inner.is_end_stream())
+                    && let Some(lease) = lease.take()
+                {
+                    lease.release();
+                }
+                frame
+            }
+            Body::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Stream { inner, .. } => inner.is_end_stream(),
             Body::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Stream { inner } => inner.size_hint(),
+            Body::Stream { inner, .. } => inner.size_hint(),
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // A body hyper never polled because it was empty from the start (204,
+        // 304, HEAD, `content-length: 0`) still leaves a reusable connection.
+        // One dropped mid-stream does not: its lease closes the connection.
+        if let Body::Stream { inner, lease } = self
+            && http_body::Body::is_end_stream(inner)
+            && let Some(lease) = lease.take()
+        {
+            lease.release();
         }
     }
 }

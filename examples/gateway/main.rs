@@ -19,6 +19,7 @@
 
 mod body;
 mod config;
+mod pool;
 mod proxy;
 mod routes;
 mod stack;

@@ -14,17 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::pool::{HostPool, Lease};
 use crate::telemetry::UpstreamMetrics;
 
 // === ClientInfo ===
@@ -72,8 +70,6 @@ pub struct Upstream {
     /// Position in the configured upstream list; stable key for
     /// per-upstream state (a circuit breaker per upstream).
     pub index: usize,
-    /// `http`.
-    pub scheme: Scheme,
     /// `host:port` the request is sent to.
     pub authority: Authority,
 }
@@ -93,7 +89,6 @@ impl Upstreams {
             .enumerate()
             .map(|(index, uri)| Upstream {
                 index,
-                scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
                 authority: uri
                     .authority()
                     .cloned()
@@ -280,9 +275,9 @@ impl fmt::Display for ErrorChain<'_> {
 pub enum ProxyError {
     /// Could not connect to the upstream (refused, unreachable, connect
     /// timeout).
-    Connect(legacy::Error),
+    Connect(std::io::Error),
     /// The upstream connection failed after connecting.
-    Upstream(legacy::Error),
+    Upstream(hyper::Error),
     /// No [`Upstream`] extension: `ChooseUpstream` is missing from the stack.
     NoUpstream,
 }
@@ -300,32 +295,32 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(e) | Self::Upstream(e) => Some(e),
+            Self::Connect(e) => Some(e),
+            Self::Upstream(e) => Some(e),
             Self::NoUpstream => None,
         }
     }
 }
 
 /// The forwarding service: rewrites the request for the upstream named by the
-/// [`Upstream`] extension and streams both bodies through a pooled client.
+/// [`Upstream`] extension and streams both bodies over a pooled keep-alive
+/// connection (see `pool.rs`).
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    /// One pool per upstream, indexed by [`Upstream::index`].
+    pools: Arc<[Arc<HostPool>]>,
 }
 
 impl Proxy {
-    /// A proxy with a keep-alive connection pool configured from `[upstream]`.
-    pub fn new(config: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.get()));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout.get())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .build(connector);
-        Self { client }
+    /// A proxy with one keep-alive pool per upstream, configured from
+    /// `[upstream]`.
+    pub fn new(upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
+        let pools = upstreams
+            .list()
+            .iter()
+            .map(|u| Arc::new(HostPool::new(&u.authority, config)))
+            .collect();
+        Self { pools }
     }
 }
 
@@ -335,48 +330,70 @@ impl Service<Request<Incoming>> for Proxy {
     type Future = ProxyFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // The pool has no bound to wait for; limits are the layers' job.
+        // The pools have no bound to wait for; limits are the layers' job.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let Some(upstream) = req.extensions_mut().remove::<Upstream>() else {
-            return ProxyFuture {
-                state: ProxyState::Failed {
-                    error: Some(ProxyError::NoUpstream),
-                },
-            };
-        };
-        prepare_request(&mut req, &upstream);
+        let upstream = req.extensions_mut().remove::<Upstream>();
+        let pool = upstream
+            .as_ref()
+            .and_then(|u| self.pools.get(u.index))
+            .cloned();
         ProxyFuture {
-            state: ProxyState::Sending {
-                inner: self.client.request(req),
-                upstream: Some(upstream),
-            },
+            inner: Box::pin(async move {
+                let (Some(upstream), Some(pool)) = (upstream, pool) else {
+                    return Err(ProxyError::NoUpstream);
+                };
+                prepare_request(&mut req, &upstream);
+                let mut sender = pool.checkout().await?;
+                let res = match sender.try_send_request(req).await {
+                    Ok(res) => res,
+                    Err(mut e) => match e.take_message() {
+                        // Never written: the pooled connection closed under
+                        // us. Retrying on a fresh one is safe.
+                        Some(req) => {
+                            sender = pool.connect().await?;
+                            sender
+                                .send_request(req)
+                                .await
+                                .map_err(ProxyError::Upstream)?
+                        }
+                        None => return Err(ProxyError::Upstream(e.into_error())),
+                    },
+                };
+                let (mut parts, body) = res.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                parts.extensions.insert(upstream);
+                Ok(Response::from_parts(
+                    parts,
+                    Body::upstream(body, Lease::new(sender, pool)),
+                ))
+            }),
         }
     }
 }
 
 /// Rewrites the request in place for `upstream`.
 fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // An h2 client has no Host header, only the URI authority; keep it as Host
-    // so the upstream sees the name the client used, as an h1 client sends it.
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
+    // The upstream keeps seeing the name the client used. An h2 client sends
+    // no Host header, only the URI authority; keep that as Host, as an h1
+    // client would have sent it.
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req.uri().authority().unwrap_or(&upstream.authority);
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(upstream.scheme.clone());
-    parts.authority = Some(upstream.authority.clone());
-    parts.path_and_query = Some(path);
-    *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a valid URI");
+    // Origin form (`/path?query`) on the wire to the upstream.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+    }
     // The upstream side always speaks HTTP/1.1, whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
 
@@ -450,20 +467,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-pin_project! {
-    /// Response future of [`Proxy`].
-    pub struct ProxyFuture {
-        #[pin]
-        state: ProxyState,
-    }
-}
-
-pin_project! {
-    #[project = ProxyStateProj]
-    enum ProxyState {
-        Sending { #[pin] inner: legacy::ResponseFuture, upstream: Option<Upstream> },
-        Failed { error: Option<ProxyError> },
-    }
+/// Response future of [`Proxy`]. Boxed: hyper's `send_request` future has
+/// no nameable type (one allocation per request; the legacy client boxed
+/// too).
+pub struct ProxyFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>,
 }
 
 impl fmt::Debug for ProxyFuture {
@@ -475,26 +483,7 @@ impl fmt::Debug for ProxyFuture {
 impl Future for ProxyFuture {
     type Output = Result<Response<Body>, ProxyError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            ProxyStateProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ProxyFuture polled after completion"))),
-            ProxyStateProj::Sending { inner, upstream } => {
-                let res = ready!(inner.poll(cx)).map_err(|e| {
-                    if e.is_connect() {
-                        ProxyError::Connect(e)
-                    } else {
-                        ProxyError::Upstream(e)
-                    }
-                })?;
-                let (mut parts, body) = res.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                if let Some(upstream) = upstream.take() {
-                    parts.extensions.insert(upstream);
-                }
-                Poll::Ready(Ok(Response::from_parts(parts, Body::stream(body))))
-            }
-        }
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }

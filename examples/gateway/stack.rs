@@ -101,7 +101,7 @@ pub fn build(
         ))
         // (breaker) layer, keyed by `Upstream::index`, goes here.
         .layer(TimeoutLayer::new(config.upstream.timeout.get()))
-        .service(Proxy::new(&config.upstream));
+        .service(Proxy::new(&shared.upstreams, &config.upstream));
     Ok(stack)
 }
 
