@@ -24,9 +24,14 @@ use crate::future::ResponseFuture;
 /// metrics). Once `max_keys` breakers exist, further keys share one overflow
 /// breaker named `"{config name}/overflow"`, so a flood of distinct keys
 /// cannot grow memory (or the metrics' cardinality) without bound.
+///
+/// Keys known up front ([`with_keys`](Self::with_keys), for example the
+/// configured upstreams) are looked up without any lock; keys created on first
+/// use go through a read-write lock.
 pub struct KeyedBreakers<K> {
     config: Config,
     max_keys: usize,
+    fixed: HashMap<K, Breaker>,
     map: RwLock<HashMap<K, Breaker>>,
     overflow: Breaker,
 }
@@ -37,6 +42,7 @@ impl<K: fmt::Debug> fmt::Debug for KeyedBreakers<K> {
         f.debug_struct("KeyedBreakers")
             .field("name", &self.config.name())
             .field("max_keys", &self.max_keys)
+            .field("fixed", &self.fixed)
             .field("breakers", &*map)
             .finish()
     }
@@ -60,13 +66,47 @@ where
             overflow: Breaker::new(config.clone().with_name(overflow_name)),
             config,
             max_keys,
+            fixed: HashMap::new(),
             map: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Creates the breakers of `keys` now (they count towards `max_keys`).
+    /// Their lookups take no lock, and their metrics exist before the first
+    /// call.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_keys` when there are more keys than
+    /// that.
+    pub fn with_keys(mut self, keys: impl IntoIterator<Item = K>) -> Result<Self, ConfigError> {
+        for key in keys {
+            if self.fixed.contains_key(&key) {
+                continue;
+            }
+            if self.fixed.len() >= self.max_keys {
+                return Err(ConfigError::new(
+                    "max_keys",
+                    format!("is {}, fewer than the keys given up front", self.max_keys),
+                ));
+            }
+            let breaker = self.new_breaker(&key);
+            self.fixed.insert(key, breaker);
+        }
+        Ok(self)
+    }
+
+    fn new_breaker(&self, key: &K) -> Breaker {
+        let name = format!("{}/{}", self.config.name(), key);
+        Breaker::new(self.config.clone().with_name(name))
     }
 
     /// The breaker of `key`, created if needed (or the overflow breaker when
     /// `max_keys` breakers already exist).
     pub fn get(&self, key: &K) -> Breaker {
+        if let Some(breaker) = self.fixed.get(key) {
+            return breaker.clone();
+        }
         if let Some(breaker) = self
             .map
             .read()
@@ -79,17 +119,19 @@ where
         if let Some(breaker) = map.get(key) {
             return breaker.clone();
         }
-        if map.len() >= self.max_keys {
+        if self.fixed.len() + map.len() >= self.max_keys {
             return self.overflow.clone();
         }
-        let name = format!("{}/{}", self.config.name(), key);
-        let breaker = Breaker::new(self.config.clone().with_name(name));
+        let breaker = self.new_breaker(key);
         map.insert(key.clone(), breaker.clone());
         breaker
     }
 
     /// The breaker of `key` if it exists.
     pub fn get_existing(&self, key: &K) -> Option<Breaker> {
+        if let Some(breaker) = self.fixed.get(key) {
+            return Some(breaker.clone());
+        }
         self.map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -104,10 +146,12 @@ where
 
     /// Number of per-key breakers.
     pub fn len(&self) -> usize {
-        self.map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.fixed.len()
+            + self
+                .map
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
     }
 
     /// Whether no per-key breaker exists yet.
@@ -142,6 +186,16 @@ where
             key_fn,
             classifier: DefaultClassifier,
         })
+    }
+
+    /// A layer over existing breakers (for example built with
+    /// [`KeyedBreakers::with_keys`]).
+    pub fn from_breakers(breakers: Arc<KeyedBreakers<K>>, key_fn: F) -> Self {
+        Self {
+            breakers,
+            key_fn,
+            classifier: DefaultClassifier,
+        }
     }
 }
 

@@ -263,3 +263,39 @@ async fn keyed_breakers_isolate_keys_and_bound_their_number() {
     assert_eq!(breakers.overflow().counts().calls, 2);
     assert_eq!(breakers.overflow().name(), "upstream/overflow");
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_given_up_front_exist_before_the_first_call() {
+    use palisade_breaker::KeyedBreakers;
+    use std::sync::Arc;
+
+    let config = builder(&Log::default()).name("up").build().unwrap();
+    assert_eq!(
+        KeyedBreakers::new(config.clone(), 2)
+            .unwrap()
+            .with_keys([0usize, 1, 2])
+            .unwrap_err()
+            .field(),
+        "max_keys"
+    );
+    let breakers = Arc::new(
+        KeyedBreakers::new(config, 3)
+            .unwrap()
+            .with_keys([0usize, 1])
+            .unwrap(),
+    );
+    assert_eq!(breakers.len(), 2);
+    assert_eq!(breakers.get_existing(&1).unwrap().name(), "up/1");
+    let layer = KeyedCircuitBreakerLayer::from_breakers(breakers.clone(), |req: &usize| *req);
+    let mut svc = layer.layer(tower::service_fn(|_: usize| async {
+        Ok::<_, std::io::Error>(())
+    }));
+    svc.ready().await.unwrap().call(1).await.unwrap();
+    svc.ready().await.unwrap().call(7).await.unwrap();
+    svc.ready().await.unwrap().call(8).await.unwrap();
+    assert_eq!(breakers.get_existing(&1).unwrap().counts().calls, 1);
+    assert_eq!(breakers.get_existing(&7).unwrap().counts().calls, 1);
+    // 0, 1 and 7 fill max_keys = 3: key 8 goes to the overflow breaker.
+    assert!(breakers.get_existing(&8).is_none());
+    assert_eq!(breakers.overflow().counts().calls, 1);
+}
