@@ -160,7 +160,20 @@ impl Breaker {
     /// [`Rejected`] when the breaker is open, forced open, or half-open with
     /// every probe slot taken.
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+        self.acquire(true)
+    }
+
+    /// [`try_acquire`](Self::try_acquire), counting a rejection in the
+    /// metrics only when `count` (a service waiting in `poll_ready` asks
+    /// repeatedly and rejects nothing).
+    #[inline]
+    pub(crate) fn acquire(&self, count: bool) -> Result<Permit, Rejected> {
         let shared = &self.shared;
+        let rejected = || {
+            if count {
+                shared.metrics.rejected.increment(1);
+            }
+        };
         loop {
             let word = shared.state.load(Ordering::Acquire);
             match state_of(word) {
@@ -174,14 +187,14 @@ impl Breaker {
                 }
                 State::Disabled => return Ok(Permit::new(None, word, 0)),
                 State::ForcedOpen => {
-                    shared.metrics.rejected.increment(1);
+                    rejected();
                     return Err(Rejected::ForcedOpen);
                 }
                 State::Open => {
                     let now = shared.now();
                     let until = shared.open_until.load(Ordering::Acquire);
                     if now < until {
-                        shared.metrics.rejected.increment(1);
+                        rejected();
                         return Err(Rejected::Open {
                             retry_after: Duration::from_nanos(until - now),
                         });
@@ -201,7 +214,7 @@ impl Breaker {
                     if shared.state.load(Ordering::Acquire) != word {
                         continue;
                     }
-                    shared.metrics.rejected.increment(1);
+                    rejected();
                     let left = Duration::from_nanos(until - now);
                     return Err(Rejected::HalfOpenSaturated {
                         retry_after: left.min(shared.config.wait_duration),

@@ -78,7 +78,7 @@ impl<S, C> CircuitBreaker<S, C> {
             }
             if self.wait.is_none()
                 && self.breaker.is_closed_like()
-                && let Ok(permit) = self.breaker.try_acquire()
+                && let Ok(permit) = self.breaker.acquire(false)
             {
                 self.permit = Some(permit);
                 return Poll::Ready(());
@@ -91,7 +91,7 @@ impl<S, C> CircuitBreaker<S, C> {
                 sleep: None,
             });
             wait.notified.as_mut().enable();
-            match breaker.try_acquire() {
+            match breaker.acquire(false) {
                 Ok(permit) => {
                     self.permit = Some(permit);
                     self.wait = None;
