@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -90,8 +90,24 @@ impl Gateway {
 
     /// Starts the gateway; `Err` when the process exits before listening.
     pub fn spawn(args: &[&str], toml: Option<&str>) -> Result<Gateway, Finished> {
+        Self::spawn_example("gateway", args, toml)
+    }
+
+    /// Starts another example of this package (e.g. `axum`) that prints the
+    /// same `listening on http://ADDR` line and accepts `--listen`.
+    pub fn start_example(name: &str, args: &[&str]) -> Gateway {
+        Self::spawn_example(name, args, None)
+            .unwrap_or_else(|f| panic!("{name} exited with {}:\n{}", f.status, f.output))
+    }
+
+    /// Starts example `name`; `Err` when it exits before listening.
+    pub fn spawn_example(
+        name: &str,
+        args: &[&str],
+        toml: Option<&str>,
+    ) -> Result<Gateway, Finished> {
         let config_file = toml.map(write_temp_config);
-        let mut cmd = Command::new(gateway_binary());
+        let mut cmd = Command::new(example_binary(name));
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -298,32 +314,42 @@ fn signal(pid: u32, sig: &str) {
 // === building the binary ===
 
 /// Path of the gateway example next to this test executable
-/// (`target/<profile>/examples/gateway`). The first call in a test process
-/// runs `cargo build --example gateway` for the same profile, so a test run
-/// that did not build examples (`cargo test --test gateway`) never uses a
-/// stale binary; it is a no-op check when the binary is current. Set
-/// `PALISADE_GATEWAY_BIN` to use a given binary instead.
+/// (`target/<profile>/examples/gateway`); see [`example_binary`].
 pub fn gateway_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("PALISADE_GATEWAY_BIN") {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("current test executable");
-        // target/<profile>/deps/<test>-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        build_example(profile_dir);
-        let bin = profile_dir.join("examples").join("gateway");
-        assert!(bin.exists(), "{} missing after building it", bin.display());
-        bin
-    })
-    .clone()
+    example_binary("gateway")
 }
 
-fn build_example(profile_dir: &Path) {
+/// Path of example `name` next to this test executable
+/// (`target/<profile>/examples/<name>`). The first call per example in a test
+/// process runs `cargo build --example <name>` for the same profile, so a
+/// test run that did not build examples (`cargo test --test gateway`) never
+/// uses a stale binary; it is a no-op check when the binary is current. Set
+/// `PALISADE_GATEWAY_BIN` to use a given gateway binary instead.
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    if name == "gateway"
+        && let Some(bin) = std::env::var_os("PALISADE_GATEWAY_BIN")
+    {
+        return PathBuf::from(bin);
+    }
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, bin)) = built.iter().find(|(n, _)| n == name) {
+        return bin.clone();
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    build_example(profile_dir, name);
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.exists(), "{} missing after building it", bin.display());
+    built.push((name.to_owned(), bin.clone()));
+    bin
+}
+
+fn build_example(profile_dir: &Path, name: &str) {
     let target_dir = profile_dir.parent().expect("target dir");
     let profile = profile_dir
         .file_name()
@@ -331,7 +357,7 @@ fn build_example(profile_dir: &Path) {
         .expect("profile dir name");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", "gateway", "--all-features"])
+    cmd.args(["build", "--quiet", "--all-features", "--example", name])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -344,8 +370,8 @@ fn build_example(profile_dir: &Path) {
             cmd.args(["--profile", other]);
         }
     }
-    let status = cmd.status().expect("run cargo build --example gateway");
-    assert!(status.success(), "cargo build --example gateway failed");
+    let status = cmd.status().expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
 }
 
 fn write_temp_config(toml: &str) -> PathBuf {
