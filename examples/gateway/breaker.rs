@@ -1,0 +1,174 @@
+//! `[breaker]`: one circuit breaker per upstream (`palisade-breaker`).
+//!
+//! The breaker sits between the upstream choice and the timeout (see
+//! `stack.rs`), keyed by `Upstream::index`, so each upstream opens and closes
+//! on its own, and a timeout or a connection error counts as a failure like a
+//! 5xx answer. An open breaker answers `503 Service Unavailable` with
+//! `Retry-After` (rounded up to whole seconds) without touching the upstream.
+//! Breakers are named `upstream/<index>` in `/metrics`
+//! (`palisade_breaker_state{breaker="upstream/0"}`: 0 closed, 1 open,
+//! 2 half-open) and in the logs.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use palisade::breaker::http::{HttpClassifier, rejected_response};
+use palisade::breaker::{
+    Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Rejected,
+};
+use serde::Deserialize;
+
+use crate::body::Body;
+use crate::config::{ConfigDuration, ConfigError};
+use crate::proxy::Upstream;
+
+/// `[breaker]` section; every key has the library's default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// `false` passes every request (the breakers still exist, disabled).
+    pub enabled: bool,
+    /// Count-based window: the last `window_size` calls.
+    pub window_size: u32,
+    /// Time-based window instead: the calls of the last `window_duration`
+    /// (kept in `window_buckets` buckets).
+    pub window_duration: Option<ConfigDuration>,
+    /// Buckets of the time-based window.
+    pub window_buckets: u32,
+    /// Failure rate in (0, 1] that opens the breaker.
+    pub failure_rate_threshold: f64,
+    /// Open after this many failures in a row instead of by rate.
+    pub consecutive_failures: Option<u32>,
+    /// Calls the window must hold before the rates count.
+    pub minimum_calls: u32,
+    /// Calls at least this long count as slow.
+    pub slow_call_duration: Option<ConfigDuration>,
+    /// Slow-call rate in (0, 1] that opens the breaker.
+    pub slow_call_rate_threshold: f64,
+    /// Wait before the first probe.
+    pub wait_duration: ConfigDuration,
+    /// Growth of the wait per re-opening (>= 1).
+    pub wait_multiplier: f64,
+    /// Cap of the wait.
+    pub max_wait_duration: ConfigDuration,
+    /// Waits are shortened by up to this random fraction, in [0, 1).
+    pub wait_jitter: f64,
+    /// Concurrent probes in the half-open state.
+    pub half_open_probes: u32,
+    /// Longest half-open round before re-opening.
+    pub max_half_open_duration: ConfigDuration,
+    /// Upstream statuses counted as failures; empty = every 5xx.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// The library's defaults (see `docs/circuit-breaker.md`).
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_size: 100,
+            window_duration: None,
+            window_buckets: 10,
+            failure_rate_threshold: 0.5,
+            consecutive_failures: None,
+            minimum_calls: 20,
+            slow_call_duration: None,
+            slow_call_rate_threshold: 1.0,
+            wait_duration: ConfigDuration::from_secs(5),
+            wait_multiplier: 2.0,
+            max_wait_duration: ConfigDuration::from_secs(60),
+            wait_jitter: 0.1,
+            half_open_probes: 5,
+            max_half_open_duration: ConfigDuration::from_secs(30),
+            failure_statuses: Vec::new(),
+        }
+    }
+}
+
+/// The key of a request: the index of the upstream chosen for it.
+fn upstream_index(req: &Request<Incoming>) -> usize {
+    req.extensions()
+        .get::<Upstream>()
+        .map_or(usize::MAX, |u| u.index)
+}
+
+/// The layer: one breaker per upstream.
+pub type BreakerLayer =
+    KeyedCircuitBreakerLayer<usize, fn(&Request<Incoming>) -> usize, HttpClassifier>;
+
+/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
+/// Errors name the `breaker.*` key.
+pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
+    let key = |field: &str| match field {
+        "sliding_window.size" => "breaker.window_size".to_owned(),
+        "sliding_window.duration" => "breaker.window_duration".to_owned(),
+        "sliding_window.buckets" => "breaker.window_buckets".to_owned(),
+        other => format!("breaker.{other}"),
+    };
+    let mut b = BreakerSettings::builder()
+        .name("upstream")
+        .failure_rate_threshold(config.failure_rate_threshold)
+        .minimum_calls(config.minimum_calls)
+        .slow_call_rate_threshold(config.slow_call_rate_threshold)
+        .wait_duration(config.wait_duration.get())
+        .wait_multiplier(config.wait_multiplier)
+        .max_wait_duration(config.max_wait_duration.get())
+        .wait_jitter(config.wait_jitter)
+        .half_open_probes(config.half_open_probes)
+        .max_half_open_duration(config.max_half_open_duration.get());
+    b = match config.window_duration {
+        Some(d) => b.time_window(d.get(), config.window_buckets),
+        None => b.count_window(config.window_size),
+    };
+    if let Some(k) = config.consecutive_failures {
+        b = b.consecutive_failures(k);
+    }
+    if let Some(d) = config.slow_call_duration {
+        b = b.slow_call_duration(d.get());
+    }
+    let settings = b
+        .build()
+        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
+
+    let classifier = if config.failure_statuses.is_empty() {
+        HttpClassifier::server_errors()
+    } else {
+        let mut statuses = Vec::with_capacity(config.failure_statuses.len());
+        for (i, code) in config.failure_statuses.iter().enumerate() {
+            let status = StatusCode::from_u16(*code).map_err(|_| {
+                ConfigError::key(
+                    &format!("breaker.failure_statuses[{i}]"),
+                    format!("{code} is not an HTTP status"),
+                )
+            })?;
+            statuses.push(status);
+        }
+        HttpClassifier::from_statuses(statuses)
+    };
+
+    let breakers = KeyedBreakers::new(settings, upstreams.max(1))
+        .and_then(|k| k.with_keys(0..upstreams))
+        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
+    if !config.enabled {
+        for i in 0..upstreams {
+            if let Some(b) = breakers.get_existing(&i) {
+                b.disable();
+            }
+        }
+    }
+    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
+    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+}
+
+/// The response for a request an open breaker rejected: 503 with
+/// `Retry-After` (none when an operator forced the breaker open).
+pub fn rejected(rejected: &Rejected) -> Response<Body> {
+    let mut res: Response<Body> = rejected_response(rejected);
+    *res.body_mut() = Body::from("service unavailable\n");
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
