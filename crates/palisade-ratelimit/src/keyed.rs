@@ -261,10 +261,14 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
 
     #[inline]
     fn shard(&self, key: &K) -> &Shard<K> {
-        // The map re-hashes with its own seed; the high bits pick the shard
-        // so the two hashes stay independent.
+        // The map re-hashes with its own seed. foldhash's fast hash is weak
+        // in its high bits for small integer keys, so finish it with one
+        // multiply before taking the shard index from the top bits.
         let hash = self.hasher.hash_one(key);
-        &self.shards[(hash >> 48) as usize & (self.shards.len() - 1)]
+        let mixed = (hash ^ (hash >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Multiply-high maps the mixed hash uniformly onto 0..shards.
+        let index = (u128::from(mixed) * self.shards.len() as u128) >> 64;
+        &self.shards[index as usize]
     }
 
     /// Returns (the cost consumed, the decision). The caller checked `cost`

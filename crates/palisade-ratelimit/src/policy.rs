@@ -52,7 +52,7 @@ impl Verdict {
 
     fn tighter(a: Option<Report>, b: Option<Report>) -> Option<Report> {
         match (a, b) {
-            (Some(a), Some(b)) if b.decision.remaining < a.decision.remaining => Some(b),
+            (Some(a), Some(b)) if b.decision.remaining() < a.decision.remaining() => Some(b),
             (Some(a), _) => Some(a),
             (None, b) => b,
         }

@@ -209,3 +209,16 @@ fn optional_policies_switch_off_cleanly() {
     assert_eq!(policy.check(&()).0.limited, None);
     assert!(policy.check(&()).0.limited.is_some());
 }
+
+#[test]
+fn sequential_keys_spread_over_shards() {
+    // Under the cap, no key is evicted: the shards fill evenly enough.
+    let limiter = KeyedLimiter::builder(per_second(1))
+        .max_keys(200_000)
+        .build()
+        .unwrap();
+    for key in 0..100_000u64 {
+        limiter.check(&key);
+    }
+    assert_eq!(limiter.len(), 100_000);
+}
