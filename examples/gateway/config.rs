@@ -34,6 +34,43 @@ pub struct Config {
     pub log: LogConfig,
     /// `[demo]`: the embedded demo upstream's initial fault injection.
     pub demo: DemoConfig,
+    /// `[shutdown]`: the coordinated shutdown sequence (palisade-shutdown).
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[shutdown]` section: the phases after SIGINT/SIGTERM (see
+/// `examples/gateway/shutdown.rs` and `docs/shutdown.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to keep serving after `/readyz` turned 503, so load
+    /// balancers stop sending first (Kubernetes: longer than the readiness
+    /// probe takes to fail, commonly 5-15 s).
+    pub readiness_delay: ConfigDuration,
+    /// Deadline for in-flight requests; what is left is cut. Unset: the
+    /// value of `server.shutdown_timeout` (and `--shutdown-timeout`).
+    pub drain_deadline: Option<ConfigDuration>,
+    /// Deadline for background work (batch queues) to flush.
+    pub flush_deadline: ConfigDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            readiness_delay: ConfigDuration::from_secs(1),
+            drain_deadline: None,
+            flush_deadline: ConfigDuration::from_secs(5),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// The effective drain deadline.
+    pub fn drain_deadline(&self, config: &Config) -> Duration {
+        self.drain_deadline
+            .unwrap_or(config.server.shutdown_timeout)
+            .get()
+    }
 }
 
 /// `[server]` section.
@@ -369,7 +406,8 @@ pub struct Cli {
     /// Log format (`log.format`).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Drain deadline after SIGINT/SIGTERM (`server.shutdown_timeout`).
+    /// Drain deadline after SIGINT/SIGTERM (`shutdown.drain_deadline`,
+    /// `server.shutdown_timeout`).
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<ConfigDuration>,
     /// Runtime worker threads, 0 = available CPUs (`server.workers`).
@@ -404,6 +442,8 @@ impl Cli {
         }
         if let Some(t) = self.shutdown_timeout {
             config.server.shutdown_timeout = t;
+            // The flag wins over `shutdown.drain_deadline` from the file.
+            config.shutdown.drain_deadline = Some(t);
         }
         if let Some(w) = self.workers {
             config.server.workers = w;

@@ -22,6 +22,7 @@ mod config;
 mod pool;
 mod proxy;
 mod routes;
+mod shutdown;
 mod stack;
 mod telemetry;
 mod upstream;
@@ -34,9 +35,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Uri;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use palisade_shutdown::server::Server;
+use palisade_shutdown::{Drain, Shutdown};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         if cli.demo_upstream_only {
-            run_demo_upstream_only(&config).await
+            run_demo_upstream_only(&config).await.map(|()| 0)
         } else {
             run(config, upstreams).await
         }
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
     // deadline) are dropped here.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
@@ -92,22 +94,28 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<(), BoxError> {
+/// Serves until a signal, then runs the coordinated shutdown (see
+/// `shutdown.rs`); returns the exit code its outcome calls for.
+async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // Installed first: a signal arriving right after the listening line must
-    // drain the gateway, not kill it.
-    let shutdown = shutdown_signal()?;
+    // drain the gateway, not kill it. A second signal forces the shutdown.
+    let coordinator = Shutdown::new();
+    palisade_shutdown::signal::spawn(&coordinator)?;
     let metrics = telemetry::init_metrics();
+    // Background work (batch queues) is flushed after the requests that feed
+    // it; backends (the demo upstream) are closed last.
+    let background = coordinator.scope().child("background");
+    let backends = coordinator.scope().child("backends");
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
         let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(upstream::serve(
-            listener,
-            faults.clone(),
-            std::future::pending(),
-        ));
+        backends.spawn(
+            "demo-upstream",
+            upstream::serve(listener, faults.clone(), backends.token().cancelled_owned()),
+        );
         tracing::info!("demo upstream listening on http://{addr}");
         upstreams.push(format!("http://{addr}").parse()?);
         Some(faults)
@@ -119,6 +127,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<(), BoxError> {
     let routes = Routes::new(faults.is_some());
     let request_metrics = Arc::new(RequestMetrics::new());
     let upstreams = Arc::new(Upstreams::new(&upstreams));
+    let drain = Drain::new();
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes),
         routes: BuiltinRoutesLayer::new(RoutesState {
@@ -129,6 +138,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<(), BoxError> {
         }),
         upstream_metrics: Arc::new(UpstreamMetrics::new(&upstreams)),
         upstreams,
+        drain,
         config,
     };
     let stack = stack::build(&shared)?;
@@ -149,55 +159,30 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<(), BoxError> {
         builder = builder.http1_only();
     }
 
-    let graceful = GracefulShutdown::new();
-    tracing::info!("listening on http://{addr}");
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            res = listener.accept() => match res {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead
-                    // of spinning on the error.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    // Accepts HTTP/1 and HTTP/2, each connection on its own task, until the
+    // shutdown's stop-accepting phase; its drain phase closes them.
+    let server = Server::from_fn(listener, move |peer| {
         request_metrics.connection_accepted();
-        let svc = ConnectionService::new(stack.clone(), ClientInfo::new(peer));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
-    }
+        ConnectionService::new(stack.clone(), ClientInfo::new(peer))
+    })
+    .with_builder(builder);
+    let connections = server.handle();
+    shutdown::register(
+        &coordinator,
+        config,
+        shutdown::Parts {
+            readiness,
+            drain,
+            connections,
+            background,
+            backends,
+        },
+    )?;
+    tokio::spawn(server.run());
+    tracing::info!("listening on http://{addr}");
 
-    // Baseline graceful shutdown: stop accepting, report not-ready, let
-    // in-flight requests finish up to the deadline.
-    drop(listener);
-    readiness.set_ready(false);
-    let deadline = config.server.shutdown_timeout.get();
-    tracing::info!(
-        connections = graceful.count(),
-        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-        "shutting down: stopped accepting, draining in-flight requests"
-    );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained, exiting"),
-        () = tokio::time::sleep(deadline) => {
-            tracing::warn!("shutdown deadline passed, closing remaining connections");
-        }
-    }
-    Ok(())
+    let outcome = coordinator.run().await;
+    Ok(shutdown::finish(&outcome))
 }
 
 /// `--demo-upstream-only`: the demo upstream alone on `server.listen`.

@@ -9,7 +9,7 @@
 //!  1 TelemetryLayer       access log, request count + latency, in-flight
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
-//!  4 (shutdown)           -- slot: drain tracking / reject when draining
+//!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 (ratelimit)          -- slot: admission control, 429
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
 //!  7 (breaker)            -- slot: circuit breaker keyed by `Upstream::index`
@@ -69,6 +69,8 @@ pub struct Shared {
     pub upstreams: Arc<Upstreams>,
     /// Upstream error counters layer 6 records into.
     pub upstream_metrics: Arc<UpstreamMetrics>,
+    /// Layer 4's handle: the shutdown's drain phase starts it.
+    pub drain: palisade_shutdown::Drain,
 }
 
 /// Builds the stack once; it is cloned per request (every layer's state sits
@@ -94,7 +96,8 @@ pub fn build(
         .layer(shared.telemetry.clone())
         .layer(shared.routes.clone())
         .layer(ErrorResponseLayer)
-        // (shutdown) and (ratelimit) layers go here.
+        .layer(shared.drain.layer())
+        // (ratelimit) layer goes here.
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
@@ -113,6 +116,20 @@ pub fn build(
 /// A pattern whose layer fails with its own error adds a downcast here
 /// (its crate's `http` module builds the 429/503 with `Retry-After`).
 pub fn error_response(err: &BoxError) -> Response<Body> {
+    if let Some(palisade_shutdown::Error::Draining) = err.downcast_ref() {
+        // 503 + Retry-After + Connection: close (hyper drops that header on
+        // HTTP/2, where the connection's GOAWAY does the job).
+        let mut res: Response<Body> = palisade_shutdown::http::draining_response(
+            palisade_shutdown::http::DEFAULT_RETRY_AFTER,
+            http::Version::HTTP_11,
+        );
+        *res.body_mut() = Body::from("draining\n");
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return res;
+    }
     let (status, body) = if err.is::<tower::timeout::error::Elapsed>() {
         (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
     } else if let Some(e) = err.downcast_ref::<ProxyError>() {

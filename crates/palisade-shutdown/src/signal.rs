@@ -90,6 +90,7 @@ pub async fn handle<S: SignalSource>(shutdown: Shutdown, mut source: S) {
     let Some(first) = source.recv().await else {
         return;
     };
+    tracing::info!(signal = first, "shutdown signal received");
     if !shutdown.start(Trigger::Signal(first)) {
         tracing::warn!(signal = first, "signal during shutdown: forcing");
         shutdown.force();

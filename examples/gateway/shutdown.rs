@@ -1,0 +1,130 @@
+//! Serving and the coordinated shutdown (palisade-shutdown).
+//!
+//! The gateway serves with [`palisade_shutdown::server::Server`] and, after
+//! SIGTERM/SIGINT, runs these phases in order, each with its deadline:
+//!
+//! ```text
+//!  SIGTERM ─▶ readiness-off   /readyz → 503 (/healthz stays 200)
+//!             readiness-delay keep serving `shutdown.readiness_delay`
+//!             stop-accepting  close the listener: new connections refused
+//!             drain           new requests → 503 + Retry-After + Connection: close;
+//!                             idle keep-alive connections closed at once, busy ones
+//!                             finish (Connection: close / GOAWAY); at
+//!                             `shutdown.drain_deadline` the rest is force-closed
+//!             flush           background scope (batch queues) cancelled and awaited
+//!             close-backends  backend scope (the demo upstream) cancelled and awaited
+//!          ─▶ exit 0, or 1 naming what was cut, or 2 when a second signal forced it
+//! ```
+//!
+//! See `docs/shutdown.md` and `docs/architecture.md`.
+
+use std::time::Duration;
+
+use palisade_shutdown::server::ServerHandle;
+use palisade_shutdown::{Drain, Error, Outcome, Phase, Scope, Shutdown};
+
+use crate::config::Config;
+use crate::routes::Readiness;
+
+/// Deadline of the short bookkeeping phases.
+const SHORT: Duration = Duration::from_secs(1);
+/// Deadline of `close-backends`.
+const CLOSE_BACKENDS: Duration = Duration::from_secs(5);
+
+/// What the phases act on.
+#[derive(Debug)]
+pub struct Parts {
+    /// Backs `/readyz`.
+    pub readiness: Readiness,
+    /// The drain layer's handle (slot 4 of the stack).
+    pub drain: Drain,
+    /// The server's connections.
+    pub connections: ServerHandle,
+    /// Background work to flush after the requests that feed it.
+    pub background: Scope,
+    /// Backends to close last.
+    pub backends: Scope,
+}
+
+/// Registers the gateway's phases on `shutdown`, in order.
+pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<(), Error> {
+    let Parts {
+        readiness,
+        drain,
+        connections,
+        background,
+        backends,
+    } = parts;
+    let settings = &config.shutdown;
+    let drain_deadline = settings.drain_deadline(config);
+
+    shutdown.add_phase(
+        Phase::new("readiness-off", SHORT).action(move |_| async move {
+            readiness.set_ready(false);
+            tracing::info!("readiness off: /readyz answers 503");
+        }),
+    )?;
+    shutdown.add_phase(Phase::delay(
+        "readiness-delay",
+        settings.readiness_delay.get(),
+    ))?;
+    shutdown.add_phase(Phase::new("stop-accepting", SHORT).action({
+        let connections = connections.clone();
+        move |_| async move { connections.stop_accepting().await }
+    }))?;
+    shutdown.add_phase(
+        Phase::new("drain", drain_deadline).action(move |ctx| async move {
+            let in_flight = drain.start();
+            tracing::info!(
+                connections = connections.open_connections(),
+                requests = in_flight,
+                deadline_ms = u64::try_from(drain_deadline.as_millis()).unwrap_or(u64::MAX),
+                "shutting down: stopped accepting, draining in-flight requests"
+            );
+            let report = connections
+                .drain(async {
+                    ctx.expired().await;
+                    ctx.cut(format!("{} request(s) in flight", drain.in_flight()));
+                })
+                .await;
+            ctx.finished(format!(
+                "{} connection(s) closed gracefully",
+                report.closed_gracefully
+            ));
+            if report.forced > 0 {
+                ctx.cut(format!("{} connection(s) force-closed", report.forced));
+            }
+        }),
+    )?;
+    shutdown.add_phase(
+        Phase::new("flush", settings.flush_deadline.get())
+            .cancel(&background)
+            .wait(&background),
+    )?;
+    shutdown.add_phase(
+        Phase::new("close-backends", CLOSE_BACKENDS)
+            .cancel(&backends)
+            .wait(&backends),
+    )?;
+    Ok(())
+}
+
+/// Logs the end of the shutdown and picks the exit code: 0 when nothing was
+/// cut, 1 when something was (named in the log), 2 when forced.
+pub fn finish(outcome: &Outcome) -> u8 {
+    if outcome.is_clean() {
+        tracing::info!(elapsed = ?outcome.elapsed, "drained, exiting");
+    } else {
+        let cut: Vec<String> = outcome.cut().map(|(p, c)| format!("{p}: {c}")).collect();
+        tracing::error!(
+            code = outcome.code(),
+            forced = outcome.forced,
+            cut = %cut.join("; "),
+            "shutdown cut work, exiting non-zero"
+        );
+    }
+    for line in outcome.to_string().lines() {
+        tracing::info!("{}", line.trim());
+    }
+    outcome.code()
+}
