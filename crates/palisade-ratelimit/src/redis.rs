@@ -1,1 +1,0 @@
-//! Redis backend (feature `redis`): one limit shared by a fleet.
