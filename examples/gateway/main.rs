@@ -61,10 +61,20 @@ fn main() -> ExitCode {
     };
     telemetry::init_logging(&config.log);
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        runtime.worker_threads(config.server.workers);
-    }
+    // One worker (pinned to one CPU, or `--workers 1`): the current-thread
+    // scheduler, which skips the work-stealing machinery a single worker
+    // cannot use (measurably less CPU per request, docs/benchmarks.md).
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,8 +10,8 @@
 //!
 //! Idle connections are reused most-recent first (warm in cache, and the
 //! rest age out): entries idle longer than `upstream.pool_idle_timeout` are
-//! dropped when the stack is touched, and at most `upstream.pool_max_idle`
-//! are kept per upstream.
+//! dropped when a connection is returned, and at most
+//! `upstream.pool_max_idle` are kept per upstream.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -109,14 +109,6 @@ impl HostPool {
 
     fn pop(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        // Oldest first: drop what idled too long (closing those connections).
-        while idle
-            .front()
-            .is_some_and(|i| now.duration_since(i.since) > self.idle_timeout)
-        {
-            idle.pop_front();
-        }
         idle.pop_back().map(|i| i.sender)
     }
 
@@ -124,12 +116,19 @@ impl HostPool {
         if sender.is_closed() {
             return;
         }
+        // One clock read per request, here: expiry is checked when a
+        // connection comes back, the one moment the stack changes anyway.
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Oldest first: drop what idled too long (closing those connections).
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) > self.idle_timeout)
+        {
+            idle.pop_front();
+        }
         if idle.len() < self.max_idle {
-            idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push_back(Idle { sender, since: now });
         }
     }
 }
