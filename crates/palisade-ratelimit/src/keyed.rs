@@ -6,7 +6,7 @@ use std::{
     hash::{BuildHasher, Hash},
     sync::{
         PoisonError, RwLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -23,9 +23,10 @@ use crate::{
 /// Default hard cap on tracked keys.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// Last-seen times are only rewritten when they moved by more than this, so a
-/// hot key's check does not dirty its cache line twice.
-const SEEN_GRANULARITY_NANOS: u64 = 1_000_000;
+/// Last-seen times are kept in milliseconds (a `u32`, compared with wrapping
+/// arithmetic, so ages up to 49 days order correctly) and only rewritten when
+/// the millisecond changed.
+const NANOS_PER_MILLI: u64 = 1_000_000;
 
 /// A GCRA state per key (client IP, API token, route ...) with bounded memory.
 ///
@@ -58,7 +59,10 @@ pub struct KeyedLimiter<K> {
     shard_cap: usize,
     len: AtomicUsize,
     quota: Quota,
-    overrides: HashMap<K, Quota, RandomState>,
+    /// Index 0 is the default quota; overrides point at the others, so an
+    /// entry stores two bytes instead of a quota.
+    quotas: Box<[Quota]>,
+    overrides: HashMap<K, u16, RandomState>,
     clock: Clock,
     name: &'static str,
     shadow: bool,
@@ -72,12 +76,13 @@ struct Shard<K> {
     map: RwLock<HashMap<K, Entry, RandomState>>,
 }
 
+/// 16 bytes per key (plus the key and the map's control byte).
 #[derive(Debug)]
 struct Entry {
     tat: AtomicU64,
-    seen: AtomicU64,
-    quota: Quota,
+    seen_ms: AtomicU32,
     limited: AtomicBool,
+    quota: u16,
 }
 
 /// Builds a [`KeyedLimiter`]; see [`KeyedLimiter::builder`].
@@ -156,6 +161,15 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuil
             shards /= 2;
         }
         let shard_cap = self.max_keys / shards;
+        if self.overrides.len() >= usize::from(u16::MAX) {
+            return Err(QuotaError::Overflow { field: "overrides" });
+        }
+        let mut quotas = vec![self.quota];
+        let mut overrides = HashMap::with_hasher(RandomState::default());
+        for (key, quota) in self.overrides {
+            overrides.insert(key, quotas.len() as u16);
+            quotas.push(quota);
+        }
         let keys = keys_gauge(self.name);
         keys.set(0.0);
         Ok(KeyedLimiter {
@@ -168,7 +182,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuil
             shard_cap,
             len: AtomicUsize::new(0),
             quota: self.quota,
-            overrides: self.overrides,
+            quotas: quotas.into(),
+            overrides,
             clock: self.clock.unwrap_or_default(),
             name: self.name,
             shadow: self.shadow,
@@ -233,7 +248,11 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
 
     /// The quota `key` gets (its override, or the default).
     pub fn quota_for(&self, key: &K) -> Quota {
-        self.overrides.get(key).copied().unwrap_or(self.quota)
+        self.quotas[usize::from(self.quota_index(key))]
+    }
+
+    fn quota_index(&self, key: &K) -> u16 {
+        self.overrides.get(key).copied().unwrap_or(0)
     }
 
     /// The policy name.
@@ -292,9 +311,9 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
                 key.clone(),
                 Entry {
                     tat: AtomicU64::new(0),
-                    seen: AtomicU64::new(now),
-                    quota: self.quota_for(key),
+                    seen_ms: AtomicU32::new((now / NANOS_PER_MILLI) as u32),
                     limited: AtomicBool::new(false),
+                    quota: self.quota_index(key),
                 },
             );
             let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
@@ -308,13 +327,15 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
 
     #[inline]
     fn decide_entry(&self, key: &K, entry: &Entry, now: u64, cost: u32) -> (u32, Decision) {
-        if now.wrapping_sub(entry.seen.load(Ordering::Relaxed)) > SEEN_GRANULARITY_NANOS {
-            entry.seen.store(now, Ordering::Relaxed);
+        let now_ms = (now / NANOS_PER_MILLI) as u32;
+        if entry.seen_ms.load(Ordering::Relaxed) != now_ms {
+            entry.seen_ms.store(now_ms, Ordering::Relaxed);
         }
-        let cost = cost.min(entry.quota.burst);
+        let quota = &self.quotas[usize::from(entry.quota)];
+        let cost = cost.min(quota.burst);
         let mut tat = entry.tat.load(Ordering::Relaxed);
         loop {
-            let (next, decision) = step(tat, now, cost, &entry.quota);
+            let (next, decision) = step(tat, now, cost, quota);
             let Some(next) = next else {
                 self.on_limited(key, entry, &decision);
                 return (0, decision);
@@ -357,16 +378,16 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
         map.retain(|_, entry| entry.tat.load(Ordering::Relaxed) > now);
         let target = self.shard_cap - (self.shard_cap / 8).max(1);
         if map.len() > target {
-            let mut seen: Vec<u64> = map
-                .values()
-                .map(|entry| entry.seen.load(Ordering::Relaxed))
-                .collect();
+            let now_ms = (now / NANOS_PER_MILLI) as u32;
+            let age = |entry: &Entry| now_ms.wrapping_sub(entry.seen_ms.load(Ordering::Relaxed));
+            let mut ages: Vec<u32> = map.values().map(age).collect();
             let excess = map.len() - target;
-            let (_, threshold, _) = seen.select_nth_unstable(excess - 1);
+            // The `excess` oldest entries have an age >= the excess-th largest.
+            let (_, threshold, _) = ages.select_nth_unstable_by(excess - 1, |a, b| b.cmp(a));
             let threshold = *threshold;
             let mut budget = excess;
             map.retain(|_, entry| {
-                if budget > 0 && entry.seen.load(Ordering::Relaxed) <= threshold {
+                if budget > 0 && age(entry) >= threshold {
                     budget -= 1;
                     false
                 } else {
@@ -384,7 +405,7 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
         let shard = self.shard(key);
         let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = map.get(key) {
-            let increment = entry.quota.emission * u64::from(cost);
+            let increment = self.quotas[usize::from(entry.quota)].emission * u64::from(cost);
             let _ = entry
                 .tat
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
