@@ -36,6 +36,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// `[shutdown]`: the coordinated shutdown sequence (palisade-shutdown).
     pub shutdown: ShutdownConfig,
+    /// `[breaker]`: one circuit breaker per upstream (palisade-breaker).
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

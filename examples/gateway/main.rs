@@ -18,6 +18,7 @@
 #![allow(unreachable_pub)]
 
 mod body;
+mod breaker;
 mod config;
 mod pool;
 mod proxy;

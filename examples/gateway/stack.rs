@@ -12,7 +12,7 @@
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 (ratelimit)          -- slot: admission control, 429
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
-//!  7 (breaker)            -- slot: circuit breaker keyed by `Upstream::index`
+//!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
 //!  8 TimeoutLayer         upstream.timeout, 504
 //!  9 Proxy                forwards over pooled keep-alive connections
 //!    │
@@ -102,7 +102,7 @@ pub fn build(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
         ))
-        // (breaker) layer, keyed by `Upstream::index`, goes here.
+        .layer(crate::breaker::layer(&config.breaker, shared.upstreams.list().len())?)
         .layer(TimeoutLayer::new(config.upstream.timeout.get()))
         .service(Proxy::new(&shared.upstreams, &config.upstream));
     Ok(stack)
@@ -116,6 +116,9 @@ pub fn build(
 /// A pattern whose layer fails with its own error adds a downcast here
 /// (its crate's `http` module builds the 429/503 with `Retry-After`).
 pub fn error_response(err: &BoxError) -> Response<Body> {
+    if let Some(rejected) = err.downcast_ref::<palisade_breaker::Rejected>() {
+        return crate::breaker::rejected(rejected);
+    }
     if let Some(palisade_shutdown::Error::Draining) = err.downcast_ref() {
         // 503 + Retry-After + Connection: close (hyper drops that header on
         // HTTP/2, where the connection's GOAWAY does the job).
