@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
@@ -22,7 +22,7 @@ use crate::future::ResponseFuture;
 ///
 /// Breaker `k` is named `"{config name}/{k}"` (the `breaker` label of its
 /// metrics). Once `max_keys` breakers exist, further keys share one overflow
-/// breaker named `"{config name}/overflow"`, so a flood of distinct keys
+/// breaker named `"{config name}/overflow"` (created on first use), so a flood of distinct keys
 /// cannot grow memory (or the metrics' cardinality) without bound.
 ///
 /// Keys known up front ([`with_keys`](Self::with_keys), for example the
@@ -33,7 +33,7 @@ pub struct KeyedBreakers<K> {
     max_keys: usize,
     fixed: HashMap<K, Breaker>,
     map: RwLock<HashMap<K, Breaker>>,
-    overflow: Breaker,
+    overflow: OnceLock<Breaker>,
 }
 
 impl<K: fmt::Debug> fmt::Debug for KeyedBreakers<K> {
@@ -61,9 +61,8 @@ where
         if max_keys == 0 {
             return Err(ConfigError::new("max_keys", "must be at least 1"));
         }
-        let overflow_name = format!("{}/overflow", config.name());
         Ok(Self {
-            overflow: Breaker::new(config.clone().with_name(overflow_name)),
+            overflow: OnceLock::new(),
             config,
             max_keys,
             fixed: HashMap::new(),
@@ -120,7 +119,7 @@ where
             return breaker.clone();
         }
         if self.fixed.len() + map.len() >= self.max_keys {
-            return self.overflow.clone();
+            return self.overflow().clone();
         }
         let breaker = self.new_breaker(key);
         map.insert(key.clone(), breaker.clone());
@@ -141,7 +140,10 @@ where
 
     /// The breaker shared by keys beyond `max_keys`.
     pub fn overflow(&self) -> &Breaker {
-        &self.overflow
+        self.overflow.get_or_init(|| {
+            let name = format!("{}/overflow", self.config.name());
+            Breaker::new(self.config.clone().with_name(name))
+        })
     }
 
     /// Number of per-key breakers.
