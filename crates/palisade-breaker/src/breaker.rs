@@ -110,7 +110,7 @@ impl Breaker {
                 slow_nanos,
                 locked: Mutex::new(Locked {
                     openings: 0,
-                    rng: config.seed,
+                    rng: config.seed.unwrap_or_else(random_seed),
                     tally: WindowCounts::default(),
                 }),
                 notify: Arc::new(Notify::new()),
@@ -588,6 +588,15 @@ impl Shared {
             None
         }
     }
+}
+
+/// A per-breaker random seed: std's `RandomState` keys are random per
+/// process and advance per instance.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 fn splitmix64(state: &mut u64) -> u64 {

@@ -73,7 +73,7 @@ pub struct Config {
     pub(crate) max_half_open_duration: Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) on_transition: Option<OnTransition>,
-    pub(crate) seed: u64,
+    pub(crate) seed: Option<u64>,
 }
 
 impl fmt::Debug for Config {
@@ -190,7 +190,7 @@ pub struct ConfigBuilder {
     max_half_open_duration: Duration,
     clock: Option<Arc<dyn Clock>>,
     on_transition: Option<OnTransition>,
-    seed: u64,
+    seed: Option<u64>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -223,7 +223,7 @@ impl Default for ConfigBuilder {
             max_half_open_duration: Duration::from_secs(30),
             clock: None,
             on_transition: None,
-            seed: 0x9E37_79B9_7F4A_7C15,
+            seed: None,
         }
     }
 }
@@ -363,9 +363,11 @@ impl ConfigBuilder {
         self
     }
 
-    /// Seed of the jitter's random numbers (for reproducible tests).
+    /// Seed of the jitter's random numbers, for reproducible tests. By
+    /// default every breaker draws its own random seed, so instances of a
+    /// fleet do not jitter alike.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 
