@@ -227,7 +227,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    #[inline]
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The request is only ever moved by value: handing its address to an
+        // out-of-line function would force a copy of it on every call.
         let guard = if !self.config.exempt.is_empty()
             && self.config.exempt.iter().any(|p| p == request.uri().path())
         {
@@ -235,28 +238,27 @@ where
         } else {
             match self.state.acquire() {
                 Some(guard) => Some(guard),
-                None => {
-                    return ResponseFuture {
-                        inner: None,
-                        guard: None,
-                        refused: Some(request.version()),
-                        config: Some(self.config.clone()),
-                    };
-                }
+                None => return ResponseFuture::refused(&self.config, request.version()),
             }
         };
-        if self.config.request_token {
-            request
-                .extensions_mut()
-                .insert(DrainToken::from_state(self.state));
-        }
+        // Two call sites, so the request is never copied into a temporary.
+        let future = if self.config.request_token {
+            self.inner.call(with_token(request, self.state))
+        } else {
+            self.inner.call(request)
+        };
         ResponseFuture {
-            inner: Some(self.inner.call(request)),
+            kind: Kind::Admitted { future },
             guard,
-            refused: None,
-            config: None,
         }
     }
+}
+
+fn with_token<B>(mut request: Request<B>, state: &'static DrainState) -> Request<B> {
+    request
+        .extensions_mut()
+        .insert(DrainToken::from_state(state));
+    request
 }
 
 pin_project! {
@@ -264,10 +266,29 @@ pin_project! {
     /// into the response body when the response is ready.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<F>,
+        kind: Kind<F>,
         guard: Option<InFlight>,
-        refused: Option<Version>,
-        config: Option<Arc<Config>>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Admitted { #[pin] future: F },
+        Refused { response: Option<(HeaderValue, Version)> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    #[cold]
+    #[inline(never)]
+    fn refused(config: &Config, version: Version) -> Self {
+        Self {
+            kind: Kind::Refused {
+                response: Some((config.retry_after.clone(), version)),
+            },
+            guard: None,
+        }
     }
 }
 
@@ -277,36 +298,35 @@ where
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let version = this
-                .refused
-                .take()
-                .expect("ResponseFuture polled after completion");
-            let retry_after = this
-                .config
-                .as_ref()
-                .map(|c| c.retry_after.clone())
-                .expect("a refused request carries the configuration");
-            return Poll::Ready(Ok(build_draining_response(retry_after, version)));
-        };
-        let result = ready!(inner.poll(cx));
-        // On error the slot is released here, with the request.
-        let guard = this.guard.take();
-        Poll::Ready(result.map(|response| {
-            response.map(|body| DrainBody {
-                inner: Some(body),
-                guard,
-            })
-        }))
+        match this.kind.project() {
+            KindProj::Admitted { future } => {
+                let result = ready!(future.poll(cx));
+                // On error the slot is released here, with the request.
+                let guard = this.guard.take();
+                Poll::Ready(result.map(|response| {
+                    response.map(|body| DrainBody {
+                        inner: Some(body),
+                        guard,
+                    })
+                }))
+            }
+            KindProj::Refused { response } => {
+                let (retry_after, version) = response
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Ok(build_draining_response(retry_after, version)))
+            }
+        }
     }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("refused", &self.refused.is_some())
+            .field("refused", &matches!(self.kind, Kind::Refused { .. }))
             .field("in_flight", &self.guard.is_some())
             .finish()
     }
@@ -337,6 +357,7 @@ impl<B: Body> Body for DrainBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
