@@ -159,6 +159,7 @@ impl Breaker {
     ///
     /// [`Rejected`] when the breaker is open, forced open, or half-open with
     /// every probe slot taken.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         self.acquire(true)
     }
@@ -168,6 +169,16 @@ impl Breaker {
     /// repeatedly and rejects nothing).
     #[inline]
     pub(crate) fn acquire(&self, count: bool) -> Result<Permit, Rejected> {
+        // The closed fast path, small enough to inline into the service.
+        let word = self.shared.state.load(Ordering::Acquire);
+        if state_of(word) == State::Closed && self.shared.slow_nanos.is_none() {
+            return Ok(Permit::new(Some(self.shared.clone()), word, 0));
+        }
+        self.acquire_slow(count)
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self, count: bool) -> Result<Permit, Rejected> {
         let shared = &self.shared;
         let rejected = || {
             if count {
@@ -472,6 +483,7 @@ impl Shared {
 
     /// The closed-state hot path: atomics only; the lock is taken only if
     /// this outcome opens the breaker.
+    #[inline(never)]
     fn on_closed_outcome(&self, word: u64, start: u64, outcome: Outcome) {
         if outcome == Outcome::Ignored {
             self.count_outcome(outcome, false);
@@ -532,6 +544,7 @@ impl Shared {
 
     /// A probe's outcome: rare, so it is tallied under the lock, which also
     /// makes the decision atomic with the tally.
+    #[inline(never)]
     fn on_probe_outcome(&self, word: u64, start: u64, outcome: Outcome) {
         if outcome == Outcome::Ignored {
             self.count_outcome(outcome, false);
