@@ -31,7 +31,11 @@ const TRANSITIONS: &str = "palisade_breaker_transitions_total";
 const UPSTREAM: &str = r#"breaker="upstream/0""#;
 
 fn calls(text: &str, outcome: &str) -> f64 {
-    metric(text, CALLS, &format!(r#"breaker="upstream/0",outcome="{outcome}""#))
+    metric(
+        text,
+        CALLS,
+        &format!(r#"breaker="upstream/0",outcome="{outcome}""#),
+    )
 }
 
 fn transitions(text: &str, from: &str, to: &str) -> f64 {
@@ -100,7 +104,10 @@ async fn failing_upstream_opens_the_breaker_and_probes_close_it() {
 
     // Closed: requests flow again.
     for i in 0..10 {
-        assert_eq!(get(&gw.url(&format!("/items/{i}"))).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&gw.url(&format!("/items/{i}"))).await.status,
+            StatusCode::OK
+        );
     }
     let m = scrape(&gw).await;
     assert_eq!(calls(&m, "success"), 12.0);
@@ -116,7 +123,15 @@ async fn invalid_breaker_config_names_the_key() {
         done.output
     );
     let done = Gateway::expect_exit(&[], Some("[breaker]\nhalf_open_probes = 0\n"));
-    assert!(done.output.contains("breaker.half_open_probes"), "{}", done.output);
+    assert!(
+        done.output.contains("breaker.half_open_probes"),
+        "{}",
+        done.output
+    );
     let done = Gateway::expect_exit(&[], Some("[breaker]\nwindow_size = 0\n"));
-    assert!(done.output.contains("breaker.window_size"), "{}", done.output);
+    assert!(
+        done.output.contains("breaker.window_size"),
+        "{}",
+        done.output
+    );
 }

@@ -102,7 +102,10 @@ pub fn build(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
         ))
-        .layer(crate::breaker::layer(&config.breaker, shared.upstreams.list().len())?)
+        .layer(crate::breaker::layer(
+            &config.breaker,
+            shared.upstreams.list().len(),
+        )?)
         .layer(TimeoutLayer::new(config.upstream.timeout.get()))
         .service(Proxy::new(&shared.upstreams, &config.upstream));
     Ok(stack)
