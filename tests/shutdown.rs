@@ -343,7 +343,7 @@ async fn readyz_fails_during_the_delay_while_healthz_and_traffic_are_served() {
     })
     .await
     .unwrap();
-    assert_eq!(status.code(), Some(2), "{output}");
+    assert_eq!(status.code(), Some(3), "{output}");
     assert!(
         output.contains("second signal: forcing shutdown"),
         "{output}"

@@ -13,7 +13,7 @@
 //!                             `shutdown.drain_deadline` the rest is force-closed
 //!             flush           background scope (batch queues) cancelled and awaited
 //!             close-backends  backend scope (the demo upstream) cancelled and awaited
-//!          ─▶ exit 0, or 1 naming what was cut, or 2 when a second signal forced it
+//!          ─▶ exit 0, or 1 naming what was cut, or 3 when a second signal forced it
 //! ```
 //!
 //! See `docs/shutdown.md` and `docs/architecture.md`.
@@ -110,7 +110,7 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
 }
 
 /// Logs the end of the shutdown and picks the exit code: 0 when nothing was
-/// cut, 1 when something was (named in the log), 2 when forced.
+/// cut, 1 when something was (named in the log), 3 when forced.
 pub fn finish(outcome: &Outcome) -> u8 {
     if outcome.is_clean() {
         tracing::info!(elapsed = ?outcome.elapsed, "drained, exiting");

@@ -103,7 +103,9 @@ impl fmt::Display for PhaseOutcome {
 ///
 /// Log it (its `Display` prints one line per phase) and exit with
 /// [`Outcome::exit_code`]: 0 when every phase completed and nothing was cut,
-/// 1 when something was cut at a deadline, 2 when the shutdown was forced.
+/// 1 when something was cut at a deadline, 3 when the shutdown was forced
+/// (2 is left to command-line usage errors, which clap and most tools exit
+/// with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Outcome {
@@ -136,10 +138,10 @@ impl Outcome {
         self.phases.iter().find(|p| p.name == name)
     }
 
-    /// 0 when clean, 1 when something was cut at a deadline, 2 when forced.
+    /// 0 when clean, 1 when something was cut at a deadline, 3 when forced.
     pub fn code(&self) -> u8 {
         if self.forced {
-            2
+            3
         } else if self.is_clean() {
             0
         } else {

@@ -315,7 +315,7 @@ async fn the_first_signal_starts_and_a_second_forces() {
     let flush = outcome.phase("flush").unwrap();
     assert_eq!(flush.status, PhaseStatus::Skipped);
     assert_eq!(flush.elapsed, Duration::ZERO);
-    assert_eq!(outcome.code(), 2);
+    assert_eq!(outcome.code(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -329,7 +329,7 @@ async fn a_signal_after_a_requested_start_forces() {
     assert!(shutdown.is_forced());
     let outcome = shutdown.run().await;
     assert_eq!(outcome.phases[0].status, PhaseStatus::Skipped);
-    assert_eq!(outcome.code(), 2);
+    assert_eq!(outcome.code(), 3);
 }
 
 #[tokio::test(start_paused = true)]
