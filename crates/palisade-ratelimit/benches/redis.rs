@@ -58,7 +58,11 @@ async fn run(limiter: Arc<RedisLimiter>, concurrency: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to filter here.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut server = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])

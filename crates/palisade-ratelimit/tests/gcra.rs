@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use palisade_ratelimit::{Clock, Limiter, Quota, QuotaError};
+use std::collections::HashMap;
+
+use palisade_ratelimit::{Clock, KeyedLimiter, Limiter, Quota, QuotaError};
 use proptest::prelude::*;
 
 /// A continuous-state leaky bucket: the textbook dual of GCRA, written
@@ -109,6 +111,52 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A keyed limiter (with an override for key 0 and a cap that never
+    /// evicts) is one independent model bucket per key.
+    #[test]
+    fn keyed_matches_one_model_per_key(
+        burst in 1u32..10,
+        override_burst in 1u32..10,
+        arrivals in prop::collection::vec((0u64..400_000_000, 0u8..6, 1u32..3), 1..150),
+    ) {
+        let quota = Quota::builder().rate(10).per(Duration::from_secs(1)).burst(burst).build().unwrap();
+        let special = quota.with_burst(override_burst).unwrap();
+        let emission = 100_000_000u128;
+        let (clock, time) = Clock::manual();
+        let limiter = KeyedLimiter::builder(quota)
+            .with_override(0u8, special)
+            .max_keys(64)
+            .clock(clock)
+            .build()
+            .unwrap();
+        let mut models: HashMap<u8, Bucket> = HashMap::new();
+        let mut now: u128 = 0;
+        for (gap, key, cost) in arrivals {
+            time.advance(Duration::from_nanos(gap));
+            now += u128::from(gap);
+            let key_burst = if key == 0 { override_burst } else { burst };
+            if cost > key_burst {
+                prop_assert!(limiter.check_n(&key, cost).is_err());
+                continue;
+            }
+            let got = limiter.check_n(&key, cost).unwrap();
+            let model = models.entry(key).or_insert(Bucket {
+                level: 0,
+                last: now,
+                emission,
+                burst: u128::from(key_burst),
+            });
+            let want = model.check(now, u128::from(cost));
+            prop_assert_eq!(got.allowed(), want.allowed);
+            prop_assert_eq!(u128::from(got.remaining()), want.remaining);
+            prop_assert_eq!(got.retry_after().as_nanos(), want.retry);
+        }
     }
 }
 

@@ -134,9 +134,17 @@ pub struct RedisLimiterBuilder {
     budget: Duration,
     fail: FailPolicy,
     local_keys: usize,
+    shadow: bool,
 }
 
 impl RedisLimiterBuilder {
+    /// Shadow mode (default off): decide and count, but the HTTP layer
+    /// admits everything.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
     /// The policy name for metrics and header fields (default `"redis"`).
     pub fn name(mut self, name: &'static str) -> Self {
         self.name = name;
@@ -204,6 +212,7 @@ impl RedisLimiterBuilder {
             fail: self.fail,
             local: Mutex::new(HashMap::new()),
             local_keys: self.local_keys,
+            shadow: self.shadow,
             clock: Clock::fast(),
             counters: Counters::new(self.name),
             errors: metrics::counter!(BACKEND_ERRORS, "policy" => self.name, "fail" => match self.fail {
@@ -231,6 +240,7 @@ pub struct RedisLimiter {
     /// be admitted again.
     local: Mutex<HashMap<String, u64>>,
     local_keys: usize,
+    shadow: bool,
     clock: Clock,
     counters: Counters,
     errors: Counter,
@@ -260,6 +270,7 @@ impl RedisLimiter {
             budget: Duration::from_millis(50),
             fail: FailPolicy::Open,
             local_keys: 10_000,
+            shadow: false,
         }
     }
 
@@ -288,6 +299,11 @@ impl RedisLimiter {
         self.name
     }
 
+    /// Whether the limiter is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
     /// Whether Redis answers a `PING` within the budget (for health checks,
     /// and to see the connection come back after a Redis restart).
     pub async fn ping(&self) -> bool {
@@ -307,7 +323,7 @@ impl RedisLimiter {
     async fn decide(&self, key: &str, cost: u32) -> Decision {
         let now = self.clock.now_nanos();
         if let Some(decision) = self.local_hit(key, now) {
-            self.counters.record(false, false);
+            self.counters.record(false, self.shadow);
             return decision;
         }
         let mut conn = self.conn.clone();
@@ -332,7 +348,7 @@ impl RedisLimiter {
             Ok(Err(error)) => return self.failed(&error as &dyn fmt::Display),
             Err(_elapsed) => return self.failed(&"timed out" as &dyn fmt::Display),
         };
-        self.counters.record(decision.allowed, false);
+        self.counters.record(decision.allowed, self.shadow);
         if !decision.allowed {
             self.remember(key, now + decision.retry_nanos);
         }

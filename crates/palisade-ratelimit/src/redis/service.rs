@@ -212,7 +212,9 @@ where
                         quota: limiter.quota(),
                         decision,
                     };
-                    if !decision.allowed() {
+                    // A shadow limiter counted the decision; the client sees nothing.
+                    let shadow = limiter.is_shadow();
+                    if !decision.allowed() && !shadow {
                         let limited = RateLimited {
                             policy: report.policy,
                             quota: report.quota,
@@ -228,7 +230,7 @@ where
                     let future = inner.call(req);
                     self.as_mut().project().state.set(State::Called {
                         future,
-                        report: headers.on_admitted.then_some((report, headers)),
+                        report: (headers.on_admitted && !shadow).then_some((report, headers)),
                     });
                 }
                 StateProj::Called { future, report } => {
