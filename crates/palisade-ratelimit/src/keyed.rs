@@ -17,7 +17,7 @@ use crate::{
     Clock, Decision, Quota,
     error::{InsufficientCapacity, QuotaError},
     metrics::{Counters, evicted_counter, keys_gauge},
-    quota::step,
+    quota::{admit, admitted, rejected},
 };
 
 /// Default hard cap on tracked keys.
@@ -335,8 +335,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
         let cost = cost.min(quota.burst);
         let mut tat = entry.tat.load(Ordering::Relaxed);
         loop {
-            let (next, decision) = step(tat, now, cost, quota);
-            let Some(next) = next else {
+            let Some(next) = admit(tat, now, cost, quota) else {
+                let decision = rejected(tat, now, cost, quota);
                 self.on_limited(key, entry, &decision);
                 return (0, decision);
             };
@@ -349,7 +349,7 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> 
                     if entry.limited.load(Ordering::Relaxed) {
                         entry.limited.store(false, Ordering::Relaxed);
                     }
-                    return (cost, decision);
+                    return (cost, admitted(next, now, quota));
                 }
                 Err(current) => tat = current,
             }

@@ -2,7 +2,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::{Clock, Decision, Quota, error::InsufficientCapacity, metrics::Counters, quota::step};
+use crate::{
+    Clock, Decision, Quota,
+    error::InsufficientCapacity,
+    metrics::Counters,
+    quota::{admit, admitted, rejected},
+};
 
 /// The theoretical arrival time on a cache line of its own, so the CAS traffic
 /// of contending threads does not also evict the read-only quota and clock.
@@ -148,8 +153,8 @@ impl Limiter {
         // nothing else; the CAS alone orders the competing updates.
         let mut tat = self.state.tat.load(Ordering::Relaxed);
         loop {
-            let (next, decision) = step(tat, now, cost, &self.quota);
-            let Some(next) = next else {
+            let Some(next) = admit(tat, now, cost, &self.quota) else {
+                let decision = rejected(tat, now, cost, &self.quota);
                 self.on_limited(&decision);
                 return decision;
             };
@@ -164,7 +169,7 @@ impl Limiter {
                     if self.state.limited.load(Ordering::Relaxed) {
                         self.state.limited.store(false, Ordering::Relaxed);
                     }
-                    return decision;
+                    return admitted(next, now, &self.quota);
                 }
                 Err(current) => tat = current,
             }

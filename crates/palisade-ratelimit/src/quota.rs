@@ -1,4 +1,4 @@
-//! Quotas and the GCRA step shared by every backend.
+//! Quotas and the GCRA arithmetic shared by the in-memory limiters.
 
 use std::time::Duration;
 
@@ -184,37 +184,45 @@ impl Decision {
     }
 }
 
-/// One GCRA step: the state (`tat`, theoretical arrival time, in the clock's
-/// nanoseconds) and a request of `cost` cells at `now`.
+/// The GCRA test for a request of `cost` cells at `now` against the state
+/// `tat` (theoretical arrival time, in the clock's nanoseconds): the new TAT
+/// when admitted. Only arithmetic, so the caller's compare-and-swap is not
+/// preceded by stores (a locked instruction waits for them to drain).
 ///
-/// Returns the new TAT when admitted. The caller guarantees `cost <= burst`,
-/// so `increment <= tolerance` and nothing overflows.
+/// The caller guarantees `cost <= burst`, so `increment <= tolerance` and
+/// nothing overflows.
 #[inline]
-pub(crate) fn step(tat: u64, now: u64, cost: u32, quota: &Quota) -> (Option<u64>, Decision) {
-    let emission = quota.emission;
-    let tolerance = quota.tolerance();
+pub(crate) fn admit(tat: u64, now: u64, cost: u32, quota: &Quota) -> Option<u64> {
     // The state may lag `now` (rested client) but never counts idle time twice.
     let base = if tat > now { tat } else { now };
-    let new_tat = base + emission * u64::from(cost);
-    let fill = new_tat - now;
-    if fill <= tolerance {
-        let decision = Decision {
-            allowed: true,
-            slack_nanos: tolerance - fill,
-            emission,
-            reset_nanos: fill,
-            retry_nanos: 0,
-        };
-        (Some(new_tat), decision)
-    } else {
-        let current = base - now;
-        let decision = Decision {
-            allowed: false,
-            slack_nanos: tolerance.saturating_sub(current),
-            emission,
-            reset_nanos: current,
-            retry_nanos: fill - tolerance,
-        };
-        (None, decision)
+    let next = base + quota.emission * u64::from(cost);
+    (next - now <= quota.tolerance()).then_some(next)
+}
+
+/// The decision for an admitted request whose new TAT is `next`.
+#[inline]
+pub(crate) fn admitted(next: u64, now: u64, quota: &Quota) -> Decision {
+    let fill = next - now;
+    Decision {
+        allowed: true,
+        slack_nanos: quota.tolerance() - fill,
+        emission: quota.emission,
+        reset_nanos: fill,
+        retry_nanos: 0,
+    }
+}
+
+/// The decision for a rejected request (the state `tat` is unchanged).
+#[cold]
+pub(crate) fn rejected(tat: u64, now: u64, cost: u32, quota: &Quota) -> Decision {
+    let base = tat.max(now);
+    let tolerance = quota.tolerance();
+    let current = base - now;
+    Decision {
+        allowed: false,
+        slack_nanos: tolerance.saturating_sub(current),
+        emission: quota.emission,
+        reset_nanos: current,
+        retry_nanos: (base + quota.emission * u64::from(cost) - now) - tolerance,
     }
 }
