@@ -222,3 +222,25 @@ fn sequential_keys_spread_over_shards() {
     }
     assert_eq!(limiter.len(), 100_000);
 }
+
+#[test]
+fn purge_drops_only_replenished_keys() {
+    let (clock, time) = Clock::manual();
+    let limiter = KeyedLimiter::builder(per_second(2))
+        .clock(clock)
+        .build()
+        .unwrap();
+    limiter.check(&"rested");
+    time.advance(Duration::from_millis(400));
+    limiter.check(&"busy");
+    limiter.check(&"busy");
+    assert_eq!(limiter.len(), 2);
+    // "rested" refilled at 500 ms; "busy" needs until 1,400 ms.
+    time.advance(Duration::from_millis(100));
+    limiter.purge_expired();
+    assert_eq!(limiter.len(), 1);
+    assert!(!limiter.check(&"busy").allowed(), "busy kept its state");
+    time.advance(Duration::from_millis(900));
+    limiter.purge_expired();
+    assert!(limiter.is_empty());
+}
