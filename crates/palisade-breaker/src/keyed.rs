@@ -11,10 +11,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Permit};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::config::Config;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Rejected};
 use crate::future::ResponseFuture;
 
 /// A bounded set of breakers, one per key, created on first use from one
@@ -124,6 +124,17 @@ where
         let breaker = self.new_breaker(key);
         map.insert(key.clone(), breaker.clone());
         breaker
+    }
+
+    /// Asks the breaker of `key` for a permit, without cloning the breaker
+    /// handle (a key given up front takes no lock at all).
+    fn acquire(&self, key: &K) -> Result<Permit, Rejected> {
+        if let Some(breaker) = self.fixed.get(key) {
+            return breaker.try_acquire();
+        }
+        // Dynamic keys: clone the handle so no map lock is held while the
+        // breaker may transition (and run its `on_transition` callback).
+        self.get(key).try_acquire()
     }
 
     /// The breaker of `key` if it exists.
@@ -323,8 +334,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let breaker = self.breakers.get(&(self.key_fn)(&req));
-        match breaker.try_acquire() {
+        match self.breakers.acquire(&(self.key_fn)(&req)) {
             Ok(permit) => {
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
             }
