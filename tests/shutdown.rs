@@ -351,3 +351,41 @@ async fn readyz_fails_during_the_delay_while_healthz_and_traffic_are_served() {
     assert!(output.contains("phase readiness-delay: forced"), "{output}");
     assert!(output.contains("phase drain: skipped"), "{output}");
 }
+
+#[tokio::test]
+async fn an_http2_stream_in_flight_at_sigterm_completes_after_goaway() {
+    let toml = "[shutdown]\nreadiness_delay = \"0\"\ndrain_deadline = \"20s\"\n";
+    let mut gw = Gateway::start_with_config(&[], toml);
+    let client = common::h2c_client::<http_body_util::Full<bytes::Bytes>>();
+    let url = gw.url("/delay/300");
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(url)
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let res = client.request(req).await.expect("stream answered");
+            assert_eq!(res.version(), http::Version::HTTP_2);
+            common::read(res).await
+        }
+    });
+    loop {
+        let m = scrape(&gw).await;
+        if metric(&m, "gateway_requests_in_flight", r#"route="proxy""#) == 1.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    gw.sigterm();
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "delayed 300ms\n");
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let status = gw.wait_exit();
+        (status, gw.output())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("drained, exiting"), "{output}");
+}
