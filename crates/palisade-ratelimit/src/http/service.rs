@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Headers, too_many_requests};
-use crate::{Policy, Report};
+use crate::{Policy, RateLimited, Report};
 
 /// An HTTP rate limit layer: like [`RateLimitLayer`](crate::RateLimitLayer)
 /// in reject mode, but it answers a request over the limit with a 429 itself
@@ -125,7 +125,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -136,9 +136,11 @@ where
         let (verdict, _taken) = self.policy.check(&req);
         let headers = self.headers;
         if let Some(limited) = verdict.error() {
+            // The 429 is built when polled: a RateLimited is much smaller
+            // than a response, and the future is moved around by callers.
             return ResponseFuture {
                 kind: Kind::Limited {
-                    response: Some(too_many_requests(&limited, &headers)),
+                    limited: Some((limited, headers)),
                 },
             };
         }
@@ -154,23 +156,24 @@ where
 
 pin_project! {
     /// The response future of [`HttpRateLimit`].
-    pub struct ResponseFuture<F, B> {
+    pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F, B>,
+        kind: Kind<F>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B> {
+    enum Kind<F> {
         Called { #[pin] future: F, report: Option<(Report, Headers)> },
-        Limited { response: Option<Response<B>> },
+        Limited { limited: Option<(RateLimited, Headers)> },
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
 {
     type Output = Result<Response<B>, E>;
 
@@ -183,14 +186,17 @@ where
                 }
                 Poll::Ready(Ok(response))
             }
-            KindProj::Limited { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
+            KindProj::Limited { limited } => {
+                let (limited, headers) = limited
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Ok(too_many_requests(&limited, &headers)))
+            }
         }
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
