@@ -421,3 +421,75 @@ async fn many_scopes_and_tasks_all_finish_or_are_cut_exactly() {
     assert_eq!(stop.elapsed, secs(5));
     assert_eq!(parent.running(), 0);
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random phases (work, deadline) against a model: phases start one
+        /// after the other; a phase whose work fits its deadline completes in
+        /// `work`, otherwise it is cut at exactly `deadline`.
+        #[test]
+        fn phases_match_a_sequential_model(
+            phases in proptest::collection::vec((0u64..50, 1u64..50), 1..8)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let (outcome, starts) = rt.block_on(async {
+                let shutdown = Shutdown::new();
+                let t0 = Instant::now();
+                let starts = Arc::new(Mutex::new(Vec::new()));
+                for (i, &(work, deadline)) in phases.iter().enumerate() {
+                    let starts = starts.clone();
+                    shutdown
+                        .add_phase(
+                            Phase::new(format!("p{i}"), Duration::from_millis(deadline)).action(
+                                move |ctx| async move {
+                                    starts.lock().unwrap().push(t0.elapsed());
+                                    tokio::select! {
+                                        () = sleep(Duration::from_millis(work)) => ctx.finished("work"),
+                                        () = ctx.expired() => ctx.cut("work"),
+                                    }
+                                },
+                            ),
+                        )
+                        .unwrap();
+                }
+                shutdown.start(Trigger::Requested);
+                let outcome = shutdown.run().await;
+                let starts = starts.lock().unwrap().clone();
+                (outcome, starts)
+            });
+
+            let mut clock = 0;
+            let mut expected_starts = Vec::new();
+            for (i, &(work, deadline)) in phases.iter().enumerate() {
+                expected_starts.push(Duration::from_millis(clock));
+                let p = &outcome.phases[i];
+                prop_assert_eq!(&p.name, &format!("p{i}"));
+                if work <= deadline {
+                    prop_assert_eq!(p.status, PhaseStatus::Completed);
+                    prop_assert_eq!(p.elapsed, Duration::from_millis(work));
+                    prop_assert_eq!(&p.finished, &vec!["work".to_owned()]);
+                    prop_assert!(p.cut.is_empty());
+                    clock += work;
+                } else {
+                    prop_assert_eq!(p.status, PhaseStatus::DeadlineExceeded);
+                    prop_assert_eq!(p.elapsed, Duration::from_millis(deadline));
+                    prop_assert_eq!(&p.cut, &vec!["work".to_owned()]);
+                    clock += deadline;
+                }
+            }
+            prop_assert_eq!(starts, expected_starts);
+            prop_assert_eq!(outcome.elapsed, Duration::from_millis(clock));
+            let all_fit = phases.iter().all(|&(w, d)| w <= d);
+            prop_assert_eq!(outcome.code(), if all_fit { 0 } else { 1 });
+        }
+    }
+}
