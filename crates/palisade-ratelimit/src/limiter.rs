@@ -146,7 +146,7 @@ impl Limiter {
         &self.clock
     }
 
-    #[inline]
+    #[inline(always)]
     fn decide(&self, cost: u32) -> Decision {
         let now = self.clock.now_nanos();
         // Relaxed is enough: the TAT word is the whole state and publishes

@@ -148,7 +148,9 @@ where
         ResponseFuture {
             kind: Kind::Called {
                 future: self.inner.call(req),
-                report: report.map(|report| (report, headers)),
+                // Boxed: the fields cost allocations anyway, and the future
+                // stays small when they are off.
+                report: report.map(|report| Box::new((report, headers))),
             },
         }
     }
@@ -165,7 +167,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Called { #[pin] future: F, report: Option<(Report, Headers)> },
+        Called { #[pin] future: F, report: Option<Box<(Report, Headers)>> },
         Limited { limited: Option<(RateLimited, Headers)> },
     }
 }
@@ -181,7 +183,8 @@ where
         match self.project().kind.project() {
             KindProj::Called { future, report } => {
                 let mut response = ready!(future.poll(cx))?;
-                if let Some((report, headers)) = report.take() {
+                if let Some(fields) = report.take() {
+                    let (report, headers) = *fields;
                     headers.apply(&report, response.headers_mut());
                 }
                 Poll::Ready(Ok(response))
