@@ -10,7 +10,11 @@
 #
 # Usage: scripts/bench-proxy.sh [duration=5s] [connections=64] [rounds=1]
 # Env:   PROXY_CPU (default 1), WRK_CPU (default 0), PORT_BASE (default 18080),
-#        CARGO_TARGET_DIR (where the release gateway is built).
+#        CARGO_TARGET_DIR (where the release gateway is built),
+#        UPSTREAM_SCHED=batch runs the upstream as SCHED_BATCH (chrt -b): it
+#        then never preempts the proxy it shares the CPU with on wake-up, which
+#        removes a co-location artifact (see docs/benchmarks.md) and leaves
+#        each proxy's own cost.
 # Installs wrk, nginx-light and haproxy with apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,17 +68,18 @@ wait_port() {
   exit 1
 }
 
-# CPU ticks (utime+stime) of a set of pids.
+# CPU ticks of a set of pids: "utime stime", summed.
 ticks() {
-  local total=0
+  local u=0 s=0
   for p in "$@"; do
     # Fields after the ")" of comm: state is 1st, utime 12th, stime 13th.
     local rest
     rest=$(sed 's/.*) //' "/proc/$p/stat")
     set -- $rest
-    total=$((total + ${12} + ${13}))
+    u=$((u + ${12}))
+    s=$((s + ${13}))
   done
-  echo "$total"
+  echo "$u $s"
 }
 HZ=$(getconf CLK_TCK)
 
@@ -85,7 +90,9 @@ HZ=$(getconf CLK_TCK)
 # request instead of batches), which would penalize whichever proxy happens
 # not to daemonize.
 # --- upstream: the gateway binary in upstream-only mode, one worker ---
-RUST_LOG=warn setsid taskset -c "$PROXY_CPU" "$GATEWAY" --demo-upstream-only --workers 1 \
+SCHED=()
+[ "${UPSTREAM_SCHED:-}" = batch ] && SCHED=(chrt -b 0)
+RUST_LOG=warn setsid "${SCHED[@]}" taskset -c "$PROXY_CPU" "$GATEWAY" --demo-upstream-only --workers 1 \
   --listen "127.0.0.1:$UP_PORT" &
 PIDS+=($!)
 wait_port "$UP_PORT"
@@ -162,11 +169,11 @@ run() {
   local url="http://127.0.0.1:$port$PATH_UNDER_TEST"
   # Warm-up: fill connection pools, fault in code.
   taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null
-  local t0=0
+  local t0="0 0"
   [ $# -gt 0 ] && t0=$(ticks "$@")
   local out
   out=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
-  local t1=0
+  local t1="0 0"
   [ $# -gt 0 ] && t1=$(ticks "$@")
   local reqs rps p50 p99 errors
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -174,23 +181,26 @@ run() {
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
-  local cpu="-"
+  local cpu="-" user="-"
   if [ $# -gt 0 ] && [ "$reqs" -gt 0 ]; then
-    cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz / n * 1e6 }')
+    read -r u0 s0 <<<"$t0"
+    read -r u1 s1 <<<"$t1"
+    cpu=$(awk -v d=$((u1 - u0 + s1 - s0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz / n * 1e6 }')
+    user=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz / n * 1e6 }')
   fi
-  printf "| %-22s | %8s | %7s | %7s | %9s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "${errors:+ $errors}"
+  printf "| %-16s | %7s | %8s | %8s | %9s | %7s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$user" "${errors:+ $errors}"
 }
 
 echo
-echo "wrk -t1 -c$CONNS -d$DURATION, GET $PATH_UNDER_TEST; upstream + proxy on CPU $PROXY_CPU, wrk on CPU $WRK_CPU"
+echo "wrk -t1 -c$CONNS -d$DURATION, GET $PATH_UNDER_TEST; upstream + proxy on CPU $PROXY_CPU, wrk on CPU $WRK_CPU; upstream scheduling: ${UPSTREAM_SCHED:-normal}"
 echo "$(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| target                 |    req/s |     p50 |     p99 | proxy CPU µs/req |"
-echo "|------------------------|---------:|--------:|--------:|----------:|"
+echo "| target           |   req/s |      p50 |      p99 | CPU µs/req | of which user |"
+echo "|------------------|--------:|---------:|---------:|-----------:|--------:|"
 for _ in $(seq 1 "$ROUNDS"); do
   run "upstream direct" "$UP_PORT"
   run "palisade gateway" "$GW_PORT" "$GW_PID"
   # shellcheck disable=SC2086
   run "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')" "$NGINX_PORT" $NGINX_PIDS
-  run "HAProxy $("$HAPROXY" -v | awk 'NR==1 {print $3}')" "$HAPROXY_PORT" "$HAPROXY_PID"
+  run "HAProxy $("$HAPROXY" -v | awk 'NR==1 {print $3}' | cut -d- -f1)" "$HAPROXY_PORT" "$HAPROXY_PID"
 done

@@ -67,23 +67,40 @@ impl HostPool {
         }
     }
 
-    /// A connection ready for a request: the most recently used idle one, or
-    /// a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<SendRequest<Incoming>, ProxyError> {
-        while let Some(mut sender) = self.pop() {
+    /// The most recently used idle connection if it can take a request right
+    /// now. `Err` carries one still finishing its last response (or `None`
+    /// when the stack is empty), for [`HostPool::checkout`].
+    pub fn try_checkout(&self) -> Result<SendRequest<Incoming>, Option<SendRequest<Incoming>>> {
+        while let Some(sender) = self.pop() {
             if sender.is_ready() {
                 return Ok(sender);
             }
-            if sender.is_closed() {
-                continue;
+            if !sender.is_closed() {
+                return Err(Some(sender));
             }
+        }
+        Err(None)
+    }
+
+    /// A connection ready for a request: `finishing` (from
+    /// [`HostPool::try_checkout`]) once ready, another idle one, or a new one.
+    pub async fn checkout(
+        &self,
+        finishing: Option<SendRequest<Incoming>>,
+    ) -> Result<SendRequest<Incoming>, ProxyError> {
+        let mut next = finishing;
+        loop {
+            let Some(mut sender) = next.take().or_else(|| self.pop()) else {
+                break;
+            };
             // Released when its last response body ended; the connection
             // task is just finishing that response.
             if sender.ready().await.is_ok() {
                 return Ok(sender);
             }
         }
-        self.connect().await
+        // Boxed: the connect-and-handshake future is large and rare.
+        Box::pin(self.connect()).await
     }
 
     /// Opens a new connection and spawns the task that drives it.

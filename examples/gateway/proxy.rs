@@ -24,6 +24,7 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::pool::{HostPool, Lease};
 use crate::telemetry::UpstreamMetrics;
+use hyper::client::conn::http1::SendRequest;
 
 // === ClientInfo ===
 
@@ -336,42 +337,86 @@ impl Service<Request<Incoming>> for Proxy {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let upstream = req.extensions_mut().remove::<Upstream>();
-        let pool = upstream
-            .as_ref()
-            .and_then(|u| self.pools.get(u.index))
-            .cloned();
-        ProxyFuture {
-            inner: Box::pin(async move {
-                let (Some(upstream), Some(pool)) = (upstream, pool) else {
-                    return Err(ProxyError::NoUpstream);
-                };
-                prepare_request(&mut req, &upstream);
-                let mut sender = pool.checkout().await?;
-                let res = match sender.try_send_request(req).await {
-                    Ok(res) => res,
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the pooled connection closed under
-                        // us. Retrying on a fresh one is safe.
-                        Some(req) => {
-                            sender = pool.connect().await?;
-                            sender
-                                .send_request(req)
-                                .await
-                                .map_err(ProxyError::Upstream)?
-                        }
-                        None => return Err(ProxyError::Upstream(e.into_error())),
-                    },
-                };
-                let (mut parts, body) = res.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                parts.extensions.insert(upstream);
-                Ok(Response::from_parts(
-                    parts,
-                    Body::upstream(body, Lease::new(sender, pool)),
-                ))
-            }),
-        }
+        let Some((upstream, pool)) = upstream.and_then(|u| {
+            let pool = self.pools.get(u.index)?.clone();
+            Some((u, pool))
+        }) else {
+            return ProxyFuture {
+                inner: Box::pin(std::future::ready(Err(ProxyError::NoUpstream))),
+            };
+        };
+        prepare_request(&mut req, &upstream);
+        // The future is boxed (hyper's send future has no nameable type), so
+        // keep it small: the common case, an idle connection ready now,
+        // queues the request here and the future only awaits the response.
+        // Waiting for a connection or opening one is the slow path, boxed on
+        // its own. (A future over 1 KiB also made every request a large
+        // allocation, which costs glibc a fastbin consolidation each time.)
+        let inner: Pin<Box<dyn Future<Output = _> + Send>> = match pool.try_checkout() {
+            Ok(mut sender) => {
+                let sent = sender.try_send_request(req);
+                Box::pin(async move {
+                    let retry = match sent.await {
+                        Ok(res) => return Ok(finish(res, sender, pool, upstream)),
+                        Err(mut e) => match e.take_message() {
+                            Some(req) => req,
+                            None => return Err(ProxyError::Upstream(e.into_error())),
+                        },
+                    };
+                    // Never written: the pooled connection closed under us.
+                    // Retrying on a fresh one is safe.
+                    Box::pin(send_fresh(pool, upstream, retry)).await
+                })
+            }
+            Err(finishing) => Box::pin(send_slow(pool, finishing, upstream, req)),
+        };
+        ProxyFuture { inner }
     }
+}
+
+/// Sends `req` once a pooled connection is ready or a new one is open.
+async fn send_slow(
+    pool: Arc<HostPool>,
+    finishing: Option<SendRequest<Incoming>>,
+    upstream: Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut sender = pool.checkout(finishing).await?;
+    match sender.try_send_request(req).await {
+        Ok(res) => Ok(finish(res, sender, pool, upstream)),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Box::pin(send_fresh(pool, upstream, req)).await,
+            None => Err(ProxyError::Upstream(e.into_error())),
+        },
+    }
+}
+
+/// Sends `req` on a new connection.
+async fn send_fresh(
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut sender = pool.connect().await?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(ProxyError::Upstream)?;
+    Ok(finish(res, sender, pool, upstream))
+}
+
+/// The client-bound response: hop-by-hop fields removed, the upstream
+/// recorded, the connection leased to the body.
+fn finish(
+    res: Response<Incoming>,
+    sender: SendRequest<Incoming>,
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(upstream);
+    Response::from_parts(parts, Body::upstream(body, Lease::new(sender, pool)))
 }
 
 /// Rewrites the request in place for `upstream`.
