@@ -148,6 +148,7 @@ impl<S> Layer<S> for BuiltinRoutesLayer {
         BuiltinRoutes {
             inner,
             state: self.state.clone(),
+            inner_ready: false,
         }
     }
 }
@@ -155,12 +156,27 @@ impl<S> Layer<S> for BuiltinRoutesLayer {
 /// See [`BuiltinRoutesLayer`].
 ///
 /// Always ready: a built-in route must answer even while the layers below
-/// apply backpressure. A forwarded request drives the inner service's
-/// readiness itself (`Oneshot` on a clone, the idiom axum's router uses).
-#[derive(Debug, Clone)]
+/// apply backpressure. `poll_ready` still asks the inner service, without
+/// waiting: when it is ready a forwarded request is called on it directly,
+/// otherwise the request drives the inner readiness itself (`Oneshot` on a
+/// clone, the idiom axum's router uses).
+#[derive(Debug)]
 pub struct BuiltinRoutes<S> {
     inner: S,
     state: Arc<RoutesState>,
+    /// `inner.poll_ready` returned ready and `inner.call` was not made yet.
+    inner_ready: bool,
+}
+
+impl<S: Clone> Clone for BuiltinRoutes<S> {
+    fn clone(&self) -> Self {
+        // A clone has not polled its inner service.
+        Self {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            inner_ready: false,
+        }
+    }
 }
 
 impl<S, B> Service<Request<B>> for BuiltinRoutes<S>
@@ -169,23 +185,34 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = RoutesFuture<Oneshot<S, Request<B>>>;
+    type Future = RoutesFuture<S::Future, Oneshot<S, Request<B>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if !self.inner_ready
+            && let Poll::Ready(ready) = self.inner.poll_ready(cx)
+        {
+            ready?;
+            self.inner_ready = true;
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = self.state.routes.classify(req.uri().path());
-        if route == Route::Proxy {
-            let clone = self.inner.clone();
-            let inner = std::mem::replace(&mut self.inner, clone);
-            return RoutesFuture::Forward {
-                inner: inner.oneshot(req),
+        if route != Route::Proxy {
+            return RoutesFuture::Local {
+                res: Some(self.answer(route, &req)),
             };
         }
-        RoutesFuture::Local {
-            res: Some(self.answer(route, &req)),
+        if std::mem::take(&mut self.inner_ready) {
+            return RoutesFuture::Called {
+                inner: self.inner.call(req),
+            };
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        RoutesFuture::Waiting {
+            inner: inner.oneshot(req),
         }
     }
 }
@@ -294,23 +321,27 @@ pin_project! {
     /// Response future of [`BuiltinRoutes`].
     #[project = RoutesFutureProj]
     #[derive(Debug)]
-    pub enum RoutesFuture<F> {
-        /// Forwarded down the stack.
-        Forward { #[pin] inner: F },
+    pub enum RoutesFuture<F, W> {
+        /// Forwarded to the ready inner service.
+        Called { #[pin] inner: F },
+        /// Forwarded, waiting for the inner service to become ready.
+        Waiting { #[pin] inner: W },
         /// Answered by a built-in route.
         Local { res: Option<Response<Body>> },
     }
 }
 
-impl<F, E> Future for RoutesFuture<F>
+impl<F, W, E> Future for RoutesFuture<F, W>
 where
     F: Future<Output = Result<Response<Body>, E>>,
+    W: Future<Output = Result<Response<Body>, E>>,
 {
     type Output = Result<Response<Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            RoutesFutureProj::Forward { inner } => inner.poll(cx),
+            RoutesFutureProj::Called { inner } => inner.poll(cx),
+            RoutesFutureProj::Waiting { inner } => inner.poll(cx),
             RoutesFutureProj::Local { res } => Poll::Ready(Ok(res
                 .take()
                 .expect("RoutesFuture polled after completion"))),

@@ -271,26 +271,31 @@ where
             uri: req.uri().clone(),
             client: req.extensions().get::<ClientInfo>().map(|c| c.addr),
         });
-        let in_flight = self.metrics.routes[route as usize].in_flight.clone();
-        in_flight.increment(1.0);
+        self.metrics.routes[route as usize].in_flight.increment(1.0);
         TelemetryFuture {
             inner: self.inner.call(req),
             start,
-            route,
-            metrics: self.metrics.clone(),
             access,
-            in_flight: InFlight(in_flight),
+            in_flight: InFlight {
+                metrics: self.metrics.clone(),
+                route,
+            },
         }
     }
 }
 
 /// Decrements the in-flight gauge when the request's future goes away,
 /// answered or not (a client that disconnects drops it).
-struct InFlight(Gauge);
+struct InFlight {
+    metrics: Arc<RequestMetrics>,
+    route: Route,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.metrics.routes[self.route as usize]
+            .in_flight
+            .decrement(1.0);
     }
 }
 
@@ -300,8 +305,6 @@ pin_project! {
         #[pin]
         inner: F,
         start: Instant,
-        route: Route,
-        metrics: Arc<RequestMetrics>,
         access: Option<AccessInfo>,
         in_flight: InFlight,
     }
@@ -310,7 +313,7 @@ pin_project! {
 impl<F> std::fmt::Debug for TelemetryFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryFuture")
-            .field("route", &self.route)
+            .field("route", &self.in_flight.route)
             .finish_non_exhaustive()
     }
 }
@@ -331,7 +334,8 @@ where
             Ok(res) => (res.status(), res.extensions().get::<Upstream>()),
             Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
         };
-        this.metrics.record(*this.route, status, elapsed);
+        let route = this.in_flight.route;
+        this.in_flight.metrics.record(route, status, elapsed);
         if let Some(a) = this.access.take() {
             let upstream = upstream.map(|u| u.authority.as_str()).unwrap_or("-");
             let client = a.client.map(|c| c.ip());
@@ -343,7 +347,7 @@ where
                 latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 upstream,
                 client = client.map(tracing::field::display),
-                route = this.route.as_str(),
+                route = route.as_str(),
             );
         }
         Poll::Ready(result)
