@@ -16,8 +16,8 @@ use std::{
 ///
 /// - [`Clock::fast`] (the default): the CPU's invariant time-stamp counter via
 ///   [`quanta`], calibrated once per process, falling back to the OS monotonic
-///   clock where no usable TSC exists. About 7 ns a read on the project's
-///   machine against 24 ns for `std::time::Instant::now()` (see the `clock`
+///   clock where no usable TSC exists. About 10 to 18 ns a read on the project's
+///   machine against 23 to 35 ns for `std::time::Instant::now()` (see the `clock`
 ///   group of the benchmark). This is the clock `governor` uses.
 /// - [`Clock::tokio`]: `tokio::time::Instant`, so a test runtime with paused
 ///   time (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`)
