@@ -341,7 +341,7 @@ impl RedisLimiter {
             Ok(Ok((allowed, slack, reset, retry))) => Decision {
                 allowed: allowed == 1,
                 slack_nanos: slack.max(0) as u64 * 1_000,
-                emission: self.quota.emission,
+                emission: self.emission_us * 1_000,
                 reset_nanos: reset.max(0) as u64 * 1_000,
                 retry_nanos: retry.max(0) as u64 * 1_000,
             },
@@ -368,8 +368,8 @@ impl RedisLimiter {
         Some(Decision {
             allowed: false,
             slack_nanos: 0,
-            emission: self.quota.emission,
-            reset_nanos: self.quota.tolerance(),
+            emission: self.emission_us * 1_000,
+            reset_nanos: self.tolerance_us * 1_000,
             retry_nanos: until - now,
         })
     }
@@ -415,8 +415,8 @@ impl RedisLimiter {
                 self.counters.record(true, false);
                 Decision {
                     allowed: true,
-                    slack_nanos: self.quota.tolerance(),
-                    emission: self.quota.emission,
+                    slack_nanos: self.tolerance_us * 1_000,
+                    emission: self.emission_us * 1_000,
                     reset_nanos: 0,
                     retry_nanos: 0,
                 }
@@ -426,8 +426,8 @@ impl RedisLimiter {
                 Decision {
                     allowed: false,
                     slack_nanos: 0,
-                    emission: self.quota.emission,
-                    reset_nanos: self.quota.tolerance(),
+                    emission: self.emission_us * 1_000,
+                    reset_nanos: self.tolerance_us * 1_000,
                     retry_nanos: 1_000_000_000,
                 }
             }
