@@ -65,7 +65,8 @@ impl ClientInfo {
 // === Upstream ===
 
 /// The upstream chosen for a request, set as a request extension by
-/// [`ChooseUpstream`] and moved to the response extensions by [`Proxy`].
+/// [`ChooseUpstream`]; [`Proxy`] moves it to the response extensions for the
+/// access log (only while the `gateway::access` target is enabled).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Position in the configured upstream list; stable key for
@@ -415,7 +416,11 @@ fn finish(
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    parts.extensions.insert(upstream);
+    // Only the access log reads it back; skip the extension map (two
+    // allocations) when that log is off.
+    if tracing::enabled!(target: crate::telemetry::ACCESS_TARGET, tracing::Level::INFO) {
+        parts.extensions.insert(upstream);
+    }
     Response::from_parts(parts, Body::upstream(body, Lease::new(sender, pool)))
 }
 
@@ -492,7 +497,14 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry no Connection header at all.
+    // Fast path: one pass over the (few) fields, comparing names, instead of
+    // a hashed lookup per hop-by-hop name; most messages carry none.
+    let any = headers
+        .keys()
+        .any(|k| k == header::CONNECTION || HOP_BY_HOP.contains(k));
+    if !any {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
