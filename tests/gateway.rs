@@ -373,6 +373,18 @@ fn unknown_config_key_exits_naming_it() {
         "{}",
         finished.output
     );
+
+    // An unknown section names the section.
+    let finished = Gateway::expect_exit(
+        &[],
+        Some("[server]\nworkers = 1\n\n[bogus_section]\nx = 1\n"),
+    );
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
+    assert!(
+        finished.output.contains("key `bogus_section` (line 4)"),
+        "{}",
+        finished.output
+    );
 }
 
 #[test]

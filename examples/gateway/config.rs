@@ -364,21 +364,32 @@ impl Config {
 fn locate_key(text: &str, offset: usize) -> (usize, Option<String>) {
     let offset = offset.min(text.len());
     let line_no = text[..offset].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("");
-    let table = text[..offset]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    // `[table]` or `[[array]]`, comments after the brackets ignored.
+    let header = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    };
+    // An error on a table header (an unknown section) names that section.
+    if let Some(table) = header(line) {
+        return (line_no, Some(table).filter(|t| !t.is_empty()));
+    }
+    let table = text[..line_start].lines().rev().find_map(header);
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        .filter(|k| !k.is_empty());
     let key = match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(t), None) if line.trim().starts_with('[') => Some(t),
+        (Some(t), Some(k)) if !t.is_empty() => Some(format!("{t}.{k}")),
+        (_, Some(k)) => Some(k),
         _ => None,
     };
     (line_no, key)
