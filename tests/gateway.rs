@@ -194,6 +194,22 @@ async fn forwarding_headers_are_appended() {
 }
 
 #[tokio::test]
+async fn upstreams_are_used_round_robin() {
+    let a = Gateway::start(&["--demo-upstream-only"]);
+    let b = Gateway::start(&["--demo-upstream-only"]);
+    let (ua, ub) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let gw = Gateway::start(&["--upstream", &ua, "--upstream", &ub]);
+    let mut served_by = Vec::new();
+    for _ in 0..4 {
+        let reply = get(&gw.url("/echo")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        served_by.push(reply.header("x-echo-served-by").to_owned());
+    }
+    let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+    assert_eq!(served_by, [sa.clone(), sb.clone(), sa, sb]);
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502() {
     // A port that was free a moment ago and has no listener now.
     let port = TcpListener::bind("127.0.0.1:0")

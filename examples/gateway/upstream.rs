@@ -7,7 +7,8 @@
 //! - `/` → `hello\n`
 //! - `/echo` → the request body streamed back byte for byte; the request
 //!   method, URI and every request header come back as `x-echo-method`,
-//!   `x-echo-uri` and `x-echo-h-<name>` response headers
+//!   `x-echo-uri` and `x-echo-h-<name>` response headers, and the server's
+//!   own address as `x-echo-served-by`
 //! - `/delay/{ms}` → answers after `ms` milliseconds
 //! - `/status/{code}` → answers with that status
 //! - `/items/{id}` and `/items?ids=1,2,3` → JSON for one or many items
@@ -104,6 +105,12 @@ impl Faults {
 /// Serves the demo upstream on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, faults: Faults, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let served_by = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let ctx = Arc::new(Ctx { faults, served_by });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -118,8 +125,8 @@ pub async fn serve(listener: TcpListener, faults: Faults, shutdown: impl Future<
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
-        let faults = faults.clone();
-        let svc = hyper::service::service_fn(move |req| handle(req, faults.clone()));
+        let ctx = ctx.clone();
+        let svc = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
@@ -131,7 +138,15 @@ pub async fn serve(listener: TcpListener, faults: Faults, shutdown: impl Future<
     }
 }
 
-async fn handle(req: Request<Incoming>, faults: Faults) -> Result<Response<Body>, Infallible> {
+/// What every demo request is answered with.
+struct Ctx {
+    faults: Faults,
+    /// This server's address, for `x-echo-served-by`.
+    served_by: HeaderValue,
+}
+
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, Infallible> {
+    let faults = &ctx.faults;
     let latency = faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -146,7 +161,7 @@ async fn handle(req: Request<Incoming>, faults: Faults) -> Result<Response<Body>
     let res = if path == "/" {
         text(StatusCode::OK, "hello\n")
     } else if path == "/echo" {
-        echo(req)
+        echo(req, &ctx.served_by)
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         match ms.parse::<u64>() {
             Ok(ms) => {
@@ -201,10 +216,14 @@ fn json(body: String) -> Response<Body> {
     res
 }
 
-fn echo(req: Request<Incoming>) -> Response<Body> {
+fn echo(req: Request<Incoming>, served_by: &HeaderValue) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let mut res = Response::new(Body::stream(body));
     let h = res.headers_mut();
+    h.insert(
+        HeaderName::from_static("x-echo-served-by"),
+        served_by.clone(),
+    );
     h.insert(
         HeaderName::from_static("x-echo-method"),
         HeaderValue::from_str(parts.method.as_str()).expect("a method is a valid header value"),

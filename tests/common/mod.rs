@@ -158,12 +158,18 @@ impl Gateway {
             let _ = exit_tx.send(status);
         });
 
+        // `--demo-upstream-only` prints only the demo upstream's line; that
+        // address is then the process's address.
+        let upstream_only = args.contains(&"--demo-upstream-only");
         let mut upstream_addr = None;
         let addr = loop {
             match lines.recv_timeout(PROCESS_TIMEOUT) {
                 Ok(line) => {
                     if let Some(a) = parse_listening(&line, "demo upstream listening on http://") {
                         upstream_addr = Some(a);
+                        if upstream_only {
+                            break a;
+                        }
                     } else if let Some(a) = parse_listening(&line, "listening on http://") {
                         break a;
                     }
