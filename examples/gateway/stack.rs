@@ -259,7 +259,8 @@ where
 // === per connection ===
 
 /// The hyper service for one client connection: attaches the connection's
-/// [`ClientInfo`] to each request, then runs a clone of the stack.
+/// [`ClientInfo`] and peer `SocketAddr` to each request, then runs a clone of
+/// the stack.
 #[derive(Debug, Clone)]
 pub struct ConnectionService<S> {
     stack: S,
@@ -282,7 +283,11 @@ where
     type Future = Oneshot<S, Request<Incoming>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.client.clone());
+        let extensions = req.extensions_mut();
+        // The bare peer address too: the type the ecosystem's extractors
+        // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read.
+        extensions.insert(self.client.addr);
+        extensions.insert(self.client.clone());
         Oneshot::new(self.stack.clone(), req)
     }
 }
