@@ -200,6 +200,14 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = self.state.routes.classify(req.uri().path());
         if route != Route::Proxy {
+            if std::mem::take(&mut self.inner_ready) {
+                // Release what the inner `poll_ready` reserved (a breaker's
+                // probe permit, a limiter's token): this service lives as
+                // long as its connection, and a built-in route must not hold
+                // capacity until the next forwarded request. Dropping the
+                // ready instance releases it; a clone starts unreserved.
+                self.inner = self.inner.clone();
+            }
             return RoutesFuture::Local {
                 res: Some(self.answer(route, &req)),
             };

@@ -37,12 +37,14 @@
 //! - The timeout is innermost so it measures the upstream alone, not time
 //!   spent queued in the layers above.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -259,18 +261,28 @@ where
 // === per connection ===
 
 /// The hyper service for one client connection: attaches the connection's
-/// [`ClientInfo`] and peer `SocketAddr` to each request, then runs a clone of
-/// the stack.
-#[derive(Debug, Clone)]
+/// [`ClientInfo`] and peer `SocketAddr` to each request, then runs it on the
+/// stack.
+///
+/// hyper calls through `&self`, one request at a time per connection, so the
+/// connection keeps its own copy of the stack in a `RefCell` and calls it
+/// directly when it is ready at once (always, unless a layer applies
+/// backpressure): no clone of the whole stack per request. A stack that is
+/// not ready at once is cloned and driven to readiness by the request
+/// (`Oneshot`), as `TowerToHyperService` does for every request.
+#[derive(Debug)]
 pub struct ConnectionService<S> {
-    stack: S,
+    stack: RefCell<S>,
     client: ClientInfo,
 }
 
 impl<S> ConnectionService<S> {
     /// Serves the connection described by `client` with `stack`.
     pub fn new(stack: S, client: ClientInfo) -> Self {
-        Self { stack, client }
+        Self {
+            stack: RefCell::new(stack),
+            client,
+        }
     }
 }
 
@@ -280,7 +292,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Oneshot<S, Request<Incoming>>;
+    type Future = Either<S::Future, Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let extensions = req.extensions_mut();
@@ -288,6 +300,15 @@ where
         // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read.
         extensions.insert(self.client.addr);
         extensions.insert(self.client.clone());
-        Oneshot::new(self.stack.clone(), req)
+        // Never re-entered: hyper finishes `call` before the next one.
+        let mut stack = self.stack.borrow_mut();
+        // A readiness check that does not wait: with a no-op waker, Pending
+        // only means "take the slow path", whose Oneshot polls again with the
+        // request task's waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
+            _ => Either::Right(Oneshot::new(stack.clone(), req)),
+        }
     }
 }
