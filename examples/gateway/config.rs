@@ -38,6 +38,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[breaker]`: one circuit breaker per upstream (palisade-breaker).
     pub breaker: crate::breaker::BreakerConfig,
+    /// `[ratelimit]`: per-client and global limits (palisade-ratelimit).
+    pub ratelimit: crate::ratelimit::RateLimitConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -22,6 +22,7 @@ mod breaker;
 mod config;
 mod pool;
 mod proxy;
+mod ratelimit;
 mod routes;
 mod shutdown;
 mod stack;

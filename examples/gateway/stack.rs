@@ -10,7 +10,7 @@
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
-//!  5 (ratelimit)          -- slot: admission control, 429
+//!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
 //!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
 //!  8 TimeoutLayer         upstream.timeout, 504
@@ -99,7 +99,7 @@ pub fn build(
         .layer(shared.routes.clone())
         .layer(ErrorResponseLayer)
         .layer(shared.drain.layer())
-        // (ratelimit) layer goes here.
+        .layer(crate::ratelimit::layer(&config.ratelimit)?)
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),

@@ -205,13 +205,15 @@ impl Limiter {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    self.counters.admitted.increment(1);
-                    return (next - now).saturating_sub(tolerance);
-                }
+                Ok(_) => return (next - now).saturating_sub(tolerance),
                 Err(current) => tat = current,
             }
         }
+    }
+
+    /// Counts a booked cell that a request used.
+    pub(crate) fn count_admitted(&self) {
+        self.counters.admitted.increment(1);
     }
 
     /// Gives `cost` cells back: a reservation dropped unused, or a request

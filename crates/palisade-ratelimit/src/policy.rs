@@ -92,6 +92,11 @@ pub trait Policy<Req> {
 
     /// Gives back a cell booked by [`reserve`](Policy::reserve) and never used.
     fn release(&self) {}
+
+    /// A cell booked by [`reserve`](Policy::reserve) was used by a request
+    /// (counted as admitted only now, so bookings abandoned by a caller that
+    /// probes readiness and then clones the service are not counted).
+    fn commit(&self) {}
 }
 
 // === impl Limiter ===
@@ -127,6 +132,10 @@ impl<Req> Policy<Req> for Limiter {
 
     fn release(&self) {
         Limiter::refund(self, 1);
+    }
+
+    fn commit(&self) {
+        self.count_admitted();
     }
 }
 
@@ -271,6 +280,12 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
     fn release(&self) {
         if let Some(policy) = self {
             policy.release();
+        }
+    }
+
+    fn commit(&self) {
+        if let Some(policy) = self {
+            policy.commit();
         }
     }
 }

@@ -125,6 +125,7 @@ where
                 // The cell booked in poll_ready is consumed: no give-back now.
                 self.slot.state = State::Idle;
                 self.slot.release = None;
+                self.shared.policy.commit();
                 return ResponseFuture::called(self.inner.call(req));
             }
             State::Idle | State::Waiting if self.shared.mode == Mode::Wait => {
