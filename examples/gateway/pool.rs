@@ -67,40 +67,26 @@ impl HostPool {
         }
     }
 
-    /// The most recently used idle connection if it can take a request right
-    /// now. `Err` carries one still finishing its last response (or `None`
-    /// when the stack is empty), for [`HostPool::checkout`].
-    pub fn try_checkout(&self) -> Result<SendRequest<Incoming>, Option<SendRequest<Incoming>>> {
-        while let Some(sender) = self.pop() {
-            if sender.is_ready() {
-                return Ok(sender);
+    /// The most recently used idle connection that can take a request right
+    /// now, if any; the caller opens a new one otherwise.
+    ///
+    /// A connection is pushed back when its last response body ends, which
+    /// can be a moment before its task has finished that exchange (or, after
+    /// an early response, while the request body is still uploading). Such a
+    /// connection is not waited for: it goes to the bottom of the stack and
+    /// the next one is tried, so no request queues behind another's upload.
+    pub fn try_checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..idle.len() {
+            let Some(entry) = idle.pop_back() else { break };
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
             }
-            if !sender.is_closed() {
-                return Err(Some(sender));
-            }
-        }
-        Err(None)
-    }
-
-    /// A connection ready for a request: `finishing` (from
-    /// [`HostPool::try_checkout`]) once ready, another idle one, or a new one.
-    pub async fn checkout(
-        &self,
-        finishing: Option<SendRequest<Incoming>>,
-    ) -> Result<SendRequest<Incoming>, ProxyError> {
-        let mut next = finishing;
-        loop {
-            let Some(mut sender) = next.take().or_else(|| self.pop()) else {
-                break;
-            };
-            // Released when its last response body ended; the connection
-            // task is just finishing that response.
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
+            if !entry.sender.is_closed() {
+                idle.push_front(entry);
             }
         }
-        // Boxed: the connect-and-handshake future is large and rare.
-        Box::pin(self.connect()).await
+        None
     }
 
     /// Opens a new connection and spawns the task that drives it.
@@ -122,11 +108,6 @@ impl HostPool {
             }
         });
         Ok(sender)
-    }
-
-    fn pop(&self) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.pop_back().map(|i| i.sender)
     }
 
     fn push(&self, sender: SendRequest<Incoming>) {

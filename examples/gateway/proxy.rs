@@ -350,11 +350,11 @@ impl Service<Request<Incoming>> for Proxy {
         // The future is boxed (hyper's send future has no nameable type), so
         // keep it small: the common case, an idle connection ready now,
         // queues the request here and the future only awaits the response.
-        // Waiting for a connection or opening one is the slow path, boxed on
-        // its own. (A future over 1 KiB also made every request a large
-        // allocation, which costs glibc a fastbin consolidation each time.)
+        // Opening a connection is the slow path, boxed on its own. (A future
+        // over 1 KiB also made every request a large allocation, which costs
+        // glibc a fastbin consolidation each time.)
         let inner: Pin<Box<dyn Future<Output = _> + Send>> = match pool.try_checkout() {
-            Ok(mut sender) => {
+            Some(mut sender) => {
                 let sent = sender.try_send_request(req);
                 Box::pin(async move {
                     let retry = match sent.await {
@@ -369,26 +369,9 @@ impl Service<Request<Incoming>> for Proxy {
                     Box::pin(send_fresh(pool, upstream, retry)).await
                 })
             }
-            Err(finishing) => Box::pin(send_slow(pool, finishing, upstream, req)),
+            None => Box::pin(send_fresh(pool, upstream, req)),
         };
         ProxyFuture { inner }
-    }
-}
-
-/// Sends `req` once a pooled connection is ready or a new one is open.
-async fn send_slow(
-    pool: Arc<HostPool>,
-    finishing: Option<SendRequest<Incoming>>,
-    upstream: Upstream,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let mut sender = pool.checkout(finishing).await?;
-    match sender.try_send_request(req).await {
-        Ok(res) => Ok(finish(res, sender, pool, upstream)),
-        Err(mut e) => match e.take_message() {
-            Some(req) => Box::pin(send_fresh(pool, upstream, req)).await,
-            None => Err(ProxyError::Upstream(e.into_error())),
-        },
     }
 }
 
