@@ -27,3 +27,8 @@ pub use palisade_breaker as breaker;
 #[cfg(feature = "shutdown")]
 #[doc(inline)]
 pub use palisade_shutdown as shutdown;
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
