@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Cli, Config};
-use crate::proxy::{ClientInfo, Upstreams};
+use crate::proxy::Upstreams;
 use crate::routes::{BuiltinRoutesLayer, Readiness, Routes, RoutesState};
 use crate::stack::{ConnectionService, Shared};
 use crate::telemetry::{RequestMetrics, TelemetryLayer, UpstreamMetrics};
@@ -179,7 +179,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // shutdown's stop-accepting phase; its drain phase closes them.
     let server = Server::from_fn(listener, move |peer| {
         request_metrics.connection_accepted();
-        ConnectionService::new(stack.clone(), ClientInfo::new(peer))
+        ConnectionService::new(stack.clone(), peer)
     })
     .with_builder(builder);
     let connections = server.handle();

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,34 +28,34 @@ use hyper::client::conn::http1::SendRequest;
 
 // === ClientInfo ===
 
-/// The client side of a connection, computed once per accepted connection
-/// and attached to each of its requests as an extension (the gateway's
-/// `ConnectInfo`). Layers keyed by client (a per-IP rate limit) read it.
+/// The forwarding elements for one client address, formatted once per
+/// client connection: each connection's copy of [`Proxy`] keeps the last
+/// one and reuses it while the peer address (the `SocketAddr` request
+/// extension, set per request by the connection) stays the same.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    /// The peer address of the client connection.
-    pub addr: SocketAddr,
-    /// `X-Forwarded-For` element for this client, formatted once.
+    /// The client's IP address.
+    ip: IpAddr,
+    /// `X-Forwarded-For` element for this client.
     x_forwarded_for: HeaderValue,
-    /// `Forwarded` element for this client, formatted once.
+    /// `Forwarded` element for this client.
     forwarded: HeaderValue,
 }
 
 impl ClientInfo {
-    /// Info for a connection from `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = addr.ip();
+    /// Info for a client at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
         let xff =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
         // RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
         let fwd = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
         };
         let forwarded =
             HeaderValue::from_str(&fwd).expect("a Forwarded element is a valid header value");
         Self {
-            addr,
+            ip,
             x_forwarded_for: xff,
             forwarded,
         }
@@ -311,6 +311,10 @@ impl std::error::Error for ProxyError {
 pub struct Proxy {
     /// One pool per upstream, indexed by [`Upstream::index`].
     pools: Arc<[Arc<HostPool>]>,
+    /// The forwarding elements of the last client seen. The stack is cloned
+    /// per connection, so this is the connection's peer: formatted on its
+    /// first request, reused by the rest (no per-request extension for it).
+    client: Option<ClientInfo>,
 }
 
 impl Proxy {
@@ -322,7 +326,19 @@ impl Proxy {
             .iter()
             .map(|u| Arc::new(HostPool::new(&u.authority, config)))
             .collect();
-        Self { pools }
+        Self {
+            pools,
+            client: None,
+        }
+    }
+
+    /// The forwarding elements for the request's peer, if it has one.
+    fn client_info(&mut self, req: &Request<Incoming>) -> Option<ClientInfo> {
+        let ip = req.extensions().get::<SocketAddr>()?.ip();
+        match &self.client {
+            Some(info) if info.ip == ip => Some(info.clone()),
+            _ => Some(self.client.insert(ClientInfo::new(ip)).clone()),
+        }
     }
 }
 
@@ -346,7 +362,8 @@ impl Service<Request<Incoming>> for Proxy {
                 inner: Box::pin(std::future::ready(Err(ProxyError::NoUpstream))),
             };
         };
-        prepare_request(&mut req, &upstream);
+        let client = self.client_info(&req);
+        prepare_request(&mut req, &upstream, client);
         // The future is boxed (hyper's send future has no nameable type), so
         // keep it small: the common case, an idle connection ready now,
         // queues the request here and the future only awaits the response.
@@ -408,7 +425,7 @@ fn finish(
 }
 
 /// Rewrites the request in place for `upstream`.
-fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream) {
+fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream, client: Option<ClientInfo>) {
     // The upstream keeps seeing the name the client used. An h2 client sends
     // no Host header, only the URI authority; keep that as Host, as an h1
     // client would have sent it.
@@ -430,10 +447,9 @@ fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream) {
     // The upstream side always speaks HTTP/1.1, whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
 
-    let info = req.extensions().get::<ClientInfo>().cloned();
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
-    if let Some(info) = info {
+    if let Some(info) = client {
         append_list(headers, X_FORWARDED_FOR, info.x_forwarded_for);
         append_list(headers, header::FORWARDED, info.forwarded);
     }

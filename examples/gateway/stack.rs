@@ -40,6 +40,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -54,7 +55,7 @@ use tower::{BoxError, Layer, Service, ServiceBuilder};
 
 use crate::body::Body;
 use crate::config::{Config, ConfigError};
-use crate::proxy::{ChooseUpstreamLayer, ClientInfo, ErrorChain, Proxy, ProxyError, Upstreams};
+use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
 use crate::routes::BuiltinRoutesLayer;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
 
@@ -261,8 +262,7 @@ where
 // === per connection ===
 
 /// The hyper service for one client connection: attaches the connection's
-/// [`ClientInfo`] and peer `SocketAddr` to each request, then runs it on the
-/// stack.
+/// peer `SocketAddr` to each request, then runs it on the stack.
 ///
 /// hyper calls through `&self`, one request at a time per connection, so the
 /// connection keeps its own copy of the stack in a `RefCell` and calls it
@@ -273,15 +273,15 @@ where
 #[derive(Debug)]
 pub struct ConnectionService<S> {
     stack: RefCell<S>,
-    client: ClientInfo,
+    peer: SocketAddr,
 }
 
 impl<S> ConnectionService<S> {
-    /// Serves the connection described by `client` with `stack`.
-    pub fn new(stack: S, client: ClientInfo) -> Self {
+    /// Serves the connection from `peer` with `stack`.
+    pub fn new(stack: S, peer: SocketAddr) -> Self {
         Self {
             stack: RefCell::new(stack),
-            client,
+            peer,
         }
     }
 }
@@ -295,11 +295,11 @@ where
     type Future = Either<S::Future, Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let extensions = req.extensions_mut();
-        // The bare peer address too: the type the ecosystem's extractors
-        // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read.
-        extensions.insert(self.client.addr);
-        extensions.insert(self.client.clone());
+        // The bare peer address: the type the ecosystem's extractors
+        // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read,
+        // and the one extension per request (the proxy keeps the formatted
+        // `X-Forwarded-For` / `Forwarded` elements per connection itself).
+        req.extensions_mut().insert(self.peer);
         // Never re-entered: hyper finishes `call` before the next one.
         let mut stack = self.stack.borrow_mut();
         // A readiness check that does not wait: with a no-op waker, Pending

@@ -33,7 +33,7 @@ use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-use crate::proxy::{ClientInfo, Upstream, UpstreamErrorKind, Upstreams};
+use crate::proxy::{Upstream, UpstreamErrorKind, Upstreams};
 use crate::routes::{Route, Routes};
 
 /// The access log's `tracing` target (`RUST_LOG=gateway::access=off`
@@ -269,7 +269,7 @@ where
         let access = tracing::enabled!(target: ACCESS_TARGET, Level::INFO).then(|| AccessInfo {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            client: req.extensions().get::<ClientInfo>().map(|c| c.addr),
+            client: req.extensions().get::<SocketAddr>().copied(),
         });
         self.metrics.routes[route as usize].in_flight.increment(1.0);
         TelemetryFuture {
