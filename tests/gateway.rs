@@ -6,7 +6,9 @@ mod common;
 use std::net::TcpListener;
 
 use bytes::Bytes;
-use common::{Gateway, get, metric, metric_with, raw_exchange, request, scrape, send};
+use common::{
+    Gateway, get, metric, metric_with, raw_exchange, request, scrape, send, wait_for_metric,
+};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 
@@ -455,13 +457,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     let url = gw.url("/delay/300");
     let slow = tokio::spawn(async move { get(&url).await });
     // Wait until the gateway has the request (in flight, not answered).
-    loop {
-        let m = scrape(&gw).await;
-        if metric(&m, "gateway_requests_in_flight", r#"route="proxy""#) == 1.0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 1.0).await;
     gw.sigterm();
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);

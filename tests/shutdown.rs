@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Gateway, get, metric, scrape};
+use common::{Gateway, get, wait_for_metric};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -285,13 +285,7 @@ async fn a_request_longer_than_the_deadline_is_cut_and_named() {
         retries: 0,
     };
     let slow = tokio::spawn(async move { client.request("/delay/30000", "never").await });
-    loop {
-        let m = scrape(&gw).await;
-        if metric(&m, "gateway_requests_in_flight", r#"route="proxy""#) == 1.0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 1.0).await;
     gw.sigterm();
     // Force-closed before its response started: the client sees the
     // connection end without a response (and does not retry: it was new).
@@ -369,13 +363,7 @@ async fn an_http2_stream_in_flight_at_sigterm_completes_after_goaway() {
             common::read(res).await
         }
     });
-    loop {
-        let m = scrape(&gw).await;
-        if metric(&m, "gateway_requests_in_flight", r#"route="proxy""#) == 1.0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 1.0).await;
     gw.sigterm();
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);

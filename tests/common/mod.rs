@@ -518,6 +518,21 @@ pub async fn scrape(gw: &Gateway) -> String {
     reply.text()
 }
 
+/// Scrapes `/metrics` until the sample `name{labels}` equals `value`.
+/// Bounded so a broken gateway fails the test with the last scrape instead
+/// of hanging it; each round yields, so the wait is event-driven, not timed.
+pub async fn wait_for_metric(gw: &Gateway, name: &str, labels: &str, value: f64) {
+    let mut last = String::new();
+    for _ in 0..20_000 {
+        last = scrape(gw).await;
+        if metric(&last, name, labels) == value {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{name}{{{labels}}} never reached {value}; last scrape:\n{last}");
+}
+
 /// Label order of a rendered sample is not guaranteed; this finds a sample
 /// of `name` having every `k="v"` pair in `labels`, in any order.
 pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
