@@ -98,6 +98,8 @@ impl HostPool {
                 .map_err(ProxyError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            // One flat write buffer, as on the server side (main.rs).
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Upstream)?;
