@@ -58,7 +58,7 @@ mod service;
 pub use extract::{ClientIp, ForwardedHeader, Global, HeaderKey, PeerIp, RouteKey};
 pub use service::{HttpRateLimit, HttpRateLimitLayer, ResponseFuture};
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header::RETRY_AFTER};
 
@@ -120,6 +120,13 @@ impl Headers {
     }
 
     /// Writes the fields for `report` into `headers` (replacing existing ones).
+    ///
+    /// This runs on every admitted response when [`Headers::on_admitted`] is
+    /// set, so it is kept cheap: the `RateLimit-Policy` value, constant for a
+    /// policy and quota, is built once per thread and cloned (a reference
+    /// count, no allocation); the other values are assembled on the stack
+    /// (integers with `itoa`) and copied once into their [`HeaderValue`], with
+    /// no `format!` machinery and no intermediate `String`.
     pub fn apply(&self, report: &Report, headers: &mut HeaderMap) {
         let limit = report.quota.burst();
         let remaining = report.decision.remaining();
@@ -128,11 +135,11 @@ impl Headers {
             let window = ceil_secs(report.quota.window()).max(1);
             headers.insert(
                 RATELIMIT_POLICY.clone(),
-                value(format!("\"{}\";q={limit};w={window}", report.policy)),
+                policy_value(report.policy, limit, window),
             );
             headers.insert(
                 RATELIMIT.clone(),
-                value(format!("\"{}\";r={remaining};t={reset}", report.policy)),
+                structured(report.policy, b";r=", remaining.into(), b";t=", reset),
             );
         }
         if self.legacy {
@@ -153,10 +160,84 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn value(s: String) -> HeaderValue {
+/// How many `RateLimit-Policy` values each thread keeps (a request reports
+/// one policy; a few cover a tuple of policies and keys with quota overrides).
+const POLICY_CACHE: usize = 4;
+
+/// A `RateLimit-Policy` value and what it was built from.
+struct CachedPolicy {
+    name: &'static str,
+    limit: u32,
+    window: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    /// Per thread, so a hit is an uncontended reference count increment
+    /// rather than an atomic on a cache line shared by every core.
+    static POLICY_VALUES: RefCell<([Option<CachedPolicy>; POLICY_CACHE], usize)> =
+        const { RefCell::new(([const { None }; POLICY_CACHE], 0)) };
+}
+
+/// The `RateLimit-Policy` value `"<name>";q=<limit>;w=<window>`, from this
+/// thread's cache when it was built before (replacing the oldest entry when
+/// it was not). Built afresh if the cache is gone (thread teardown).
+fn policy_value(name: &'static str, limit: u32, window: u64) -> HeaderValue {
+    let build = || structured(name, b";q=", limit.into(), b";w=", window);
+    POLICY_VALUES
+        .try_with(|cache| {
+            let (slots, next) = &mut *cache.borrow_mut();
+            let hit = slots.iter().flatten().find(|cached| {
+                cached.limit == limit && cached.window == window && cached.name == name
+            });
+            if let Some(cached) = hit {
+                return cached.value.clone();
+            }
+            let value = build();
+            slots[*next] = Some(CachedPolicy {
+                name,
+                limit,
+                window,
+                value: value.clone(),
+            });
+            *next = (*next + 1) % POLICY_CACHE;
+            value
+        })
+        .unwrap_or_else(|_| build())
+}
+
+/// Values up to this many bytes are assembled on the stack; a longer one
+/// (only possible with a policy name over ~80 bytes) goes through a `Vec`.
+const STACK_VALUE: usize = 128;
+
+/// The structured field value `"<name>"<k1><v1><k2><v2>`, for example
+/// `"per-ip";r=4;t=1`.
+fn structured(name: &str, k1: &[u8], v1: u64, k2: &[u8], v2: u64) -> HeaderValue {
+    let (mut d1, mut d2) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 7] = [
+        b"\"",
+        name.as_bytes(),
+        b"\"",
+        k1,
+        d1.format(v1).as_bytes(),
+        k2,
+        d2.format(v2).as_bytes(),
+    ];
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let value = if len <= STACK_VALUE {
+        let mut buf = [0u8; STACK_VALUE];
+        let mut at = 0;
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        HeaderValue::from_bytes(&buf[..len])
+    } else {
+        HeaderValue::from_bytes(&parts.concat())
+    };
     // Policy names are `&'static str` chosen by the operator; one that is not
     // a valid header value degrades to an empty name rather than a panic.
-    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+    value.unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
 /// The 429 response for a rejection: `Retry-After` plus the fields `headers`
@@ -181,4 +262,46 @@ pub fn too_many_requests<B: Default>(limited: &RateLimited, headers: &Headers) -
         map,
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_matches_format_on_the_stack_and_past_it() {
+        let long: &'static str = "a-policy-name-".repeat(12).leak();
+        assert!(long.len() > STACK_VALUE);
+        for name in ["", "per-ip", long] {
+            for (v1, v2) in [(0, 0), (1, 60), (u64::MAX, u64::MAX)] {
+                let expected = format!("\"{name}\";r={v1};t={v2}");
+                assert_eq!(structured(name, b";r=", v1, b";t=", v2), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_name_degrades_to_an_empty_name() {
+        assert_eq!(structured("bad\nname", b";q=", 1, b";w=", 1), "\"\"");
+        assert_eq!(policy_value("bad\nname", 1, 1), "\"\"");
+    }
+
+    #[test]
+    fn policy_cache_returns_the_value_of_each_key_across_evictions() {
+        // More distinct keys than cache slots, visited repeatedly, so hits,
+        // misses and evictions all happen; every value must be exact.
+        let keys: Vec<(&'static str, u32, u64)> = ["a", "b", "c"]
+            .into_iter()
+            .flat_map(|name| [(name, 10, 1), (name, 10, 60), (name, 20, 60)])
+            .collect();
+        assert!(keys.len() > POLICY_CACHE);
+        for round in 0..5 {
+            for &(name, limit, window) in keys.iter().cycle().skip(round).take(keys.len() * 2) {
+                assert_eq!(
+                    policy_value(name, limit, window),
+                    format!("\"{name}\";q={limit};w={window}")
+                );
+            }
+        }
+    }
 }
