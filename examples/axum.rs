@@ -217,29 +217,13 @@ async fn run(args: Args) -> Result<u8, BoxError> {
             move |_| async move { connections.stop_accepting().await }
         }),
     )?;
-    shutdown.add_phase(
-        Phase::new("drain", Duration::from_millis(args.drain_deadline_ms)).action(
-            move |ctx| async move {
-                // New requests on open connections now get 503; `/hold`
-                // requests see their DrainToken fire and wrap up.
-                let in_flight = drain.start();
-                tracing::info!(requests = in_flight, "draining in-flight requests");
-                let report = connections
-                    .drain(async {
-                        ctx.expired().await;
-                        ctx.cut(format!("{} request(s) in flight", drain.in_flight()));
-                    })
-                    .await;
-                ctx.finished(format!(
-                    "{} connection(s) closed gracefully",
-                    report.closed_gracefully
-                ));
-                if report.forced > 0 {
-                    ctx.cut(format!("{} connection(s) force-closed", report.forced));
-                }
-            },
-        ),
-    )?;
+    // New requests on open connections now get 503; `/hold` requests see
+    // their DrainToken fire and wrap up.
+    shutdown.add_phase(connections.drain_phase(
+        "drain",
+        Duration::from_millis(args.drain_deadline_ms),
+        drain,
+    ))?;
     let outcome = shutdown.run().await;
     tracing::info!(code = outcome.code(), clean = outcome.is_clean(), "exiting");
     Ok(outcome.code())

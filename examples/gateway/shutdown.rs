@@ -72,33 +72,12 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
         let connections = connections.clone();
         move |_| async move { connections.stop_accepting().await }
     }))?;
+    // Force-closing thousands of connections and counting them may take
+    // longer than the default grace after the deadline.
     shutdown.add_phase(
-        // Force-closing thousands of connections and counting them may take
-        // longer than the default grace after the deadline.
-        Phase::new("drain", drain_deadline)
-            .cut_grace(SHORT)
-            .action(move |ctx| async move {
-                let in_flight = drain.start();
-                tracing::info!(
-                    connections = connections.open_connections(),
-                    requests = in_flight,
-                    deadline_ms = u64::try_from(drain_deadline.as_millis()).unwrap_or(u64::MAX),
-                    "shutting down: stopped accepting, draining in-flight requests"
-                );
-                let report = connections
-                    .drain(async {
-                        ctx.expired().await;
-                        ctx.cut(format!("{} request(s) in flight", drain.in_flight()));
-                    })
-                    .await;
-                ctx.finished(format!(
-                    "{} connection(s) closed gracefully",
-                    report.closed_gracefully
-                ));
-                if report.forced > 0 {
-                    ctx.cut(format!("{} connection(s) force-closed", report.forced));
-                }
-            }),
+        connections
+            .drain_phase("drain", drain_deadline, drain)
+            .cut_grace(SHORT),
     )?;
     shutdown.add_phase(
         Phase::new("flush", settings.flush_deadline.get())

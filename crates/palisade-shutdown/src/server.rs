@@ -351,6 +351,59 @@ impl ServerHandle {
         report
     }
 
+    /// The usual drain phase of a server, ready for [`Shutdown::add_phase`]:
+    /// starts `drain` (new requests on open connections get refused, every
+    /// [`DrainToken`](crate::DrainToken) fires), then [drains](Self::drain)
+    /// the connections with the phase's deadline as the force-close moment,
+    /// and reports into the [`Outcome`](crate::Outcome): the requests still
+    /// in flight at the deadline and the connections force-closed are *cut*,
+    /// the connections closed gracefully are *finished*.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "hyper")]
+    /// # fn demo(handle: palisade_shutdown::server::ServerHandle) -> Result<(), palisade_shutdown::Error> {
+    /// use std::time::Duration;
+    /// use palisade_shutdown::{Drain, Shutdown};
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let drain = Drain::new(); // the one the service stack's drain layer uses
+    /// shutdown.add_phase(handle.drain_phase("drain", Duration::from_secs(30), drain))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`Shutdown::add_phase`]: crate::Shutdown::add_phase
+    pub fn drain_phase(
+        &self,
+        name: impl Into<String>,
+        deadline: Duration,
+        drain: crate::Drain,
+    ) -> crate::Phase {
+        let connections = self.clone();
+        crate::Phase::new(name, deadline).action(move |ctx| async move {
+            let in_flight = drain.start();
+            tracing::info!(
+                connections = connections.open_connections(),
+                requests = in_flight,
+                deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                "stopped accepting, draining in-flight requests"
+            );
+            let report = connections
+                .drain(async {
+                    ctx.expired().await;
+                    ctx.cut(format!("{} request(s) in flight", drain.in_flight()));
+                })
+                .await;
+            ctx.finished(format!(
+                "{} connection(s) closed gracefully",
+                report.closed_gracefully
+            ));
+            if report.forced > 0 {
+                ctx.cut(format!("{} connection(s) force-closed", report.forced));
+            }
+        })
+    }
+
     /// Force-closes every open connection now.
     pub fn force_close(&self) {
         self.shared.force.cancel();

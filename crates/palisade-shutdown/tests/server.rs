@@ -341,3 +341,38 @@ async fn what_remains_at_the_deadline_is_force_closed() {
     );
     assert_eq!(h.handle.open_connections(), 0);
 }
+
+#[tokio::test]
+async fn the_drain_phase_reports_what_it_finished_and_what_it_cut() {
+    let mut h = start().await;
+    let mut stuck = TcpStream::connect(h.addr).await.unwrap();
+    send(&mut stuck, "/gate").await;
+    h.entered.recv().await.unwrap();
+    let mut idle = TcpStream::connect(h.addr).await.unwrap();
+    send(&mut idle, "/").await;
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    wait_open(&h.handle, 2).await;
+
+    let shutdown = palisade_shutdown::Shutdown::new();
+    shutdown
+        .add_phase(
+            h.handle
+                .drain_phase("drain", std::time::Duration::from_millis(200), h.drain),
+        )
+        .unwrap();
+    shutdown.start(palisade_shutdown::Trigger::Requested);
+    let outcome = shutdown.run().await;
+
+    assert!(closed(&mut idle).await);
+    assert!(closed(&mut stuck).await);
+    assert!(h.drain.is_draining());
+    assert_eq!(h.drain.in_flight(), 0);
+    let phase = outcome.phase("drain").expect("the drain phase ran");
+    assert_eq!(phase.finished, ["1 connection(s) closed gracefully"]);
+    assert_eq!(
+        phase.cut,
+        ["1 request(s) in flight", "1 connection(s) force-closed"]
+    );
+    assert!(!outcome.is_clean());
+    assert_eq!(outcome.code(), 1);
+}
