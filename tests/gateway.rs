@@ -7,7 +7,8 @@ use std::net::TcpListener;
 
 use bytes::Bytes;
 use common::{
-    Gateway, get, metric, metric_with, raw_exchange, request, scrape, send, wait_for_metric,
+    Gateway, assert_config_rejected, get, metric, metric_with, raw_exchange, request, scrape, send,
+    wait_for_metric,
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -376,60 +377,27 @@ async fn json_logs_carry_the_listening_line_and_access_events() {
 
 #[test]
 fn unknown_config_key_exits_naming_it() {
-    let finished = Gateway::expect_exit(
-        &[],
-        Some("[upstream]\ntimeout = \"2s\"\ntimeuot = \"3s\"\n"),
+    assert_config_rejected(
+        "[upstream]\ntimeout = \"2s\"\ntimeuot = \"3s\"\n",
+        "`upstream.timeuot` (line 3)",
     );
-    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
-    assert!(
-        finished.output.contains("`upstream.timeuot` (line 3)"),
-        "{}",
-        finished.output
-    );
-    assert!(
-        !finished.output.contains("listening on"),
-        "{}",
-        finished.output
-    );
-
     // An unknown section names the section.
-    let finished = Gateway::expect_exit(
-        &[],
-        Some("[server]\nworkers = 1\n\n[bogus_section]\nx = 1\n"),
-    );
-    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
-    assert!(
-        finished.output.contains("key `bogus_section` (line 4)"),
-        "{}",
-        finished.output
+    assert_config_rejected(
+        "[server]\nworkers = 1\n\n[bogus_section]\nx = 1\n",
+        "key `bogus_section` (line 4)",
     );
 }
 
 #[test]
 fn malformed_config_value_exits_naming_the_key() {
-    let finished = Gateway::expect_exit(&[], Some("[server]\nshutdown_timeout = \"5 parsecs\"\n"));
-    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
-    assert!(
-        finished
-            .output
-            .contains("`server.shutdown_timeout` (line 2)"),
-        "{}",
-        finished.output
+    assert_config_rejected(
+        "[server]\nshutdown_timeout = \"5 parsecs\"\n",
+        "`server.shutdown_timeout` (line 2)",
     );
-
-    let finished = Gateway::expect_exit(&[], Some("[server\nlisten = 1\n"));
-    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
-    assert!(finished.output.contains("(line 1)"), "{}", finished.output);
-
-    let finished = Gateway::expect_exit(
-        &[],
-        Some("[upstream]\nurls = [\"http://127.0.0.1:1/api\"]\n"),
-    );
-    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
-    assert!(
-        finished.output.contains("`upstream.urls[0]`"),
-        "{}",
-        finished.output
+    assert_config_rejected("[server\nlisten = 1\n", "(line 1)");
+    assert_config_rejected(
+        "[upstream]\nurls = [\"http://127.0.0.1:1/api\"]\n",
+        "`upstream.urls[0]`",
     );
 }
 

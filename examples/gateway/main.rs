@@ -96,6 +96,13 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => ExitCode::from(code),
+        // A pattern section the layer itself rejected: a configuration
+        // error like any other, found before anything was bound.
+        Err(e) if e.is::<config::ConfigError>() => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
@@ -118,6 +125,13 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // it; backends (the demo upstream) are closed last.
     let background = coordinator.scope().child("background");
     let backends = coordinator.scope().child("backends");
+
+    // The layers that validate their own configuration are built before
+    // anything is bound (after the recorder, so their metrics register):
+    // a bad `[ratelimit]` or `[breaker]` value exits 2 with no port taken.
+    // Without configured upstreams there is one: the demo upstream below.
+    let ratelimit = ratelimit::layer(&config.ratelimit)?;
+    let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
@@ -151,9 +165,11 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         upstream_metrics: Arc::new(UpstreamMetrics::new(&upstreams)),
         upstreams,
         drain,
+        ratelimit,
+        breaker,
         config,
     };
-    let stack = stack::build(&shared)?;
+    let stack = stack::build(&shared);
     let config = &shared.config;
 
     let listener = TcpListener::bind(config.server.listen)

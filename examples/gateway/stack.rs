@@ -54,7 +54,7 @@ use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
 use crate::body::Body;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
 use crate::routes::BuiltinRoutesLayer;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
@@ -74,44 +74,41 @@ pub struct Shared {
     pub upstream_metrics: Arc<UpstreamMetrics>,
     /// Layer 4's handle: the shutdown's drain phase starts it.
     pub drain: palisade_shutdown::Drain,
+    /// Layer 5, built (and so validated) before any port is bound.
+    pub ratelimit: crate::ratelimit::RateLimitLayer,
+    /// Layer 7, built (and so validated) before any port is bound.
+    pub breaker: crate::breaker::BreakerLayer,
 }
 
-/// Builds the stack once; it is cloned per request (every layer's state sits
-/// behind an `Arc`, so clones share one limiter, one breaker per upstream).
-/// Fails, naming the key, when a layer rejects its configuration, before any
-/// port is bound.
+/// Builds the stack once; it is cloned per connection (every layer's state
+/// sits behind an `Arc`, so clones share one limiter, one breaker per
+/// upstream). The layers that can reject their configuration are already
+/// built in [`Shared`], so this cannot fail.
 pub fn build(
     shared: &Shared,
-) -> Result<
-    impl Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static,
-    ConfigError,
-> {
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
     let config = &shared.config;
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(shared.telemetry.clone())
         .layer(shared.routes.clone())
         .layer(ErrorResponseLayer)
         .layer(shared.drain.layer())
-        .layer(crate::ratelimit::layer(&config.ratelimit)?)
+        .layer(shared.ratelimit.clone())
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
         ))
-        .layer(crate::breaker::layer(
-            &config.breaker,
-            shared.upstreams.list().len(),
-        )?)
+        .layer(shared.breaker.clone())
         .layer(TimeoutLayer::new(config.upstream.timeout.get()))
-        .service(Proxy::new(&shared.upstreams, &config.upstream));
-    Ok(stack)
+        .service(Proxy::new(&shared.upstreams, &config.upstream))
 }
 
 // === errors → responses ===

@@ -65,6 +65,21 @@ pub struct Finished {
     pub output: String,
 }
 
+/// Starts the gateway with the config file `toml` and asserts it is refused
+/// the way docs/gateway.md promises: exit code 2, a message containing
+/// `needle` (the key, and its line where the parser gives one), and no port
+/// bound (no listening line).
+pub fn assert_config_rejected(toml: &str, needle: &str) {
+    let finished = Gateway::expect_exit(&[], Some(toml));
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
+    assert!(finished.output.contains(needle), "{}", finished.output);
+    assert!(
+        !finished.output.contains("listening on"),
+        "{}",
+        finished.output
+    );
+}
+
 impl Gateway {
     /// Starts the gateway with `args` and waits for its listening line.
     /// Panics (with the process output) if it exits instead.
