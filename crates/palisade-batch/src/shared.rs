@@ -85,18 +85,26 @@ impl<Req, Resp> Shared<Req, Resp> {
         }
     }
 
-    /// Queues `entry` (its permit already taken) and wakes the worker, or
-    /// gives it back when the batcher is closed.
+    /// Queues `entry` (its permit already taken) and wakes the worker if
+    /// it needs waking, or gives the entry back when the batcher is closed.
+    ///
+    /// Only a push into an empty queue wakes the worker: the worker swaps
+    /// the whole queue out each time it runs, so a non-empty queue means a
+    /// wake-up is already owed to it and not yet served. Under load this
+    /// turns one wake per item into one per worker pass.
     pub(crate) fn push(&self, entry: Entry<Req, Resp>) -> Result<(), Entry<Req, Resp>> {
-        {
+        let was_empty = {
             let mut queue = lock(&self.queue);
             if !queue.open {
                 return Err(entry);
             }
             queue.entries.push(entry);
-        }
+            queue.entries.len() == 1
+        };
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        self.worker.wake();
+        if was_empty {
+            self.worker.wake();
+        }
         Ok(())
     }
 
