@@ -16,6 +16,9 @@
 //! - After the groups, the mean batch size at 256 callers and the memory per
 //!   queued item (RSS growth over 200,000 queued items) are printed.
 
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -82,8 +85,11 @@ struct Job(u64);
 
 impl RequestWeight for Job {}
 
+/// Items waiting for the next `Flush`, with where to send each result.
+type Pending = Vec<(u64, oneshot::Sender<u64>)>;
+
 struct TbcInner {
-    pending: Arc<Mutex<Vec<(u64, oneshot::Sender<u64>)>>>,
+    pending: Arc<Mutex<Pending>>,
     fill: Arc<Fill>,
     cost: Duration,
 }

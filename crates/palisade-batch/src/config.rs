@@ -39,6 +39,8 @@ pub enum Flush {
 }
 
 pub(crate) type WeightFn<Req> = Arc<dyn Fn(&Req) -> u64 + Send + Sync>;
+/// `Req::clone`, captured where `Req: Clone` is known.
+pub(crate) type CloneFn<Req> = fn(&Req) -> Req;
 
 /// The validated settings every part of one batcher reads.
 pub(crate) struct Settings<Req, Resp> {
@@ -54,7 +56,7 @@ pub(crate) struct Settings<Req, Resp> {
     pub(crate) bisect_depth: u32,
     /// `Req::clone`, set by [`BatchLayerBuilder::bisect`], the one place
     /// that may require `Req: Clone`.
-    pub(crate) clone_req: Option<fn(&Req) -> Req>,
+    pub(crate) clone_req: Option<CloneFn<Req>>,
 }
 
 impl<Req, Resp> Settings<Req, Resp> {
@@ -109,7 +111,7 @@ pub struct BatchLayerBuilder<Req, Resp> {
     max_in_flight: usize,
     queue_capacity: usize,
     dedup: Option<Arc<dyn Dedup<Req, Resp>>>,
-    bisect: Option<(u32, fn(&Req) -> Req)>,
+    bisect: Option<(u32, CloneFn<Req>)>,
 }
 
 impl<Req, Resp> Default for BatchLayerBuilder<Req, Resp> {

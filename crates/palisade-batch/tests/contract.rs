@@ -545,13 +545,15 @@ fn a_worker_whose_runtime_shuts_down_answers_its_callers() {
         let mut svc = BatchLayer::builder().build().unwrap().layer(inner);
         let fut = svc.ready().await.unwrap().call(1);
         tokio::task::yield_now().await;
-        fut
+        // Polled later, on another runtime.
+        Some(fut)
     });
     drop(rt);
     let other = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let fut = fut.expect("queued");
     let err = other.block_on(async { bounded(fut).await.unwrap_err() });
     let err = batch_error(err);
     assert!(matches!(err, Error::Closed(Closed::WorkerGone)), "{err:?}");

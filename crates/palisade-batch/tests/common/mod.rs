@@ -11,7 +11,9 @@ use tower::{BoxError, Service};
 
 /// Every batch the inner service saw, with the virtual time it arrived.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<(Duration, Vec<u32>)>>>);
+pub struct Log(Arc<Mutex<Timed>>);
+
+type Timed = Vec<(Duration, Vec<u32>)>;
 
 impl Log {
     pub fn batches(&self) -> Vec<Vec<u32>> {
