@@ -87,7 +87,7 @@ impl Default for BreakerConfig {
 }
 
 /// The key of a request: the index of the upstream chosen for it.
-fn upstream_index(req: &Request<Incoming>) -> usize {
+fn upstream_index<B>(req: &Request<B>) -> usize {
     req.extensions()
         .get::<Upstream>()
         .map_or(usize::MAX, |u| u.index)
@@ -96,6 +96,26 @@ fn upstream_index(req: &Request<Incoming>) -> usize {
 /// The layer: one breaker per upstream.
 pub type BreakerLayer =
     KeyedCircuitBreakerLayer<usize, fn(&Request<Incoming>) -> usize, HttpClassifier>;
+
+/// The same breakers around the `[batch]` upstream calls (their requests
+/// carry no client body), so a batch's outcome counts for its upstream.
+pub type BatchBreakerLayer = KeyedCircuitBreakerLayer<
+    usize,
+    fn(&Request<http_body_util::Empty<bytes::Bytes>>) -> usize,
+    HttpClassifier,
+>;
+
+/// [`BatchBreakerLayer`] over the breakers of `proxied`.
+pub fn for_batches(
+    proxied: &BreakerLayer,
+    config: &BreakerConfig,
+) -> Result<BatchBreakerLayer, ConfigError> {
+    let key_fn: fn(&Request<http_body_util::Empty<bytes::Bytes>>) -> usize = upstream_index;
+    Ok(
+        KeyedCircuitBreakerLayer::from_breakers(proxied.breakers().clone(), key_fn)
+            .classifier(classifier(config)?),
+    )
+}
 
 /// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
 /// Errors name the `breaker.*` key.
@@ -131,21 +151,7 @@ pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, C
         .build()
         .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
 
-    let classifier = if config.failure_statuses.is_empty() {
-        HttpClassifier::server_errors()
-    } else {
-        let mut statuses = Vec::with_capacity(config.failure_statuses.len());
-        for (i, code) in config.failure_statuses.iter().enumerate() {
-            let status = StatusCode::from_u16(*code).map_err(|_| {
-                ConfigError::key(
-                    &format!("breaker.failure_statuses[{i}]"),
-                    format!("{code} is not an HTTP status"),
-                )
-            })?;
-            statuses.push(status);
-        }
-        HttpClassifier::from_statuses(statuses)
-    };
+    let classifier = classifier(config)?;
 
     let breakers = KeyedBreakers::new(settings, upstreams.max(1))
         .and_then(|k| k.with_keys(0..upstreams))
@@ -159,6 +165,25 @@ pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, C
     }
     let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
     Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+}
+
+/// What counts as a failure: `breaker.failure_statuses`, or every 5xx.
+fn classifier(config: &BreakerConfig) -> Result<HttpClassifier, ConfigError> {
+    Ok(if config.failure_statuses.is_empty() {
+        HttpClassifier::server_errors()
+    } else {
+        let mut statuses = Vec::with_capacity(config.failure_statuses.len());
+        for (i, code) in config.failure_statuses.iter().enumerate() {
+            let status = StatusCode::from_u16(*code).map_err(|_| {
+                ConfigError::key(
+                    &format!("breaker.failure_statuses[{i}]"),
+                    format!("{code} is not an HTTP status"),
+                )
+            })?;
+            statuses.push(status);
+        }
+        HttpClassifier::from_statuses(statuses)
+    })
 }
 
 /// The response for a request an open breaker rejected: 503 with

@@ -40,6 +40,8 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// `[ratelimit]`: per-client and global limits (palisade-ratelimit).
     pub ratelimit: crate::ratelimit::RateLimitConfig,
+    /// `[batch]`: `/items/{id}` lookups coalesced (palisade-batch).
+    pub batch: crate::batch::BatchConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Files: `config.rs` (flags + TOML), `stack.rs` (the layer stack, in
-//! order), `proxy.rs` (upstream choice and forwarding), `routes.rs`
+//! order), `proxy.rs` (upstream choice and forwarding), `batch.rs`
+//! (`[batch]`: item lookups coalesced), `routes.rs`
 //! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
 //! `docs/gateway.md` and `docs/architecture.md`.
@@ -17,6 +18,7 @@
 // (and the one pattern owners extend); none of them is reachable from outside.
 #![allow(unreachable_pub)]
 
+mod batch;
 mod body;
 mod breaker;
 mod config;
@@ -132,6 +134,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // Without configured upstreams there is one: the demo upstream below.
     let ratelimit = ratelimit::layer(&config.ratelimit)?;
     let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
+    let batch = batch::layer(&config.batch)?;
+    let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
@@ -153,7 +157,18 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let routes = Routes::new(faults.is_some());
     let request_metrics = Arc::new(RequestMetrics::new());
     let upstreams = Arc::new(Upstreams::new(&upstreams));
+    let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     let drain = Drain::new();
+    let items = batch.map(|layer| {
+        batch::start(
+            layer,
+            upstreams.clone(),
+            upstream_metrics.clone(),
+            batch_breaker,
+            &config.upstream,
+        )
+    });
+    let batch_handle = items.as_ref().map(|items| items.handle.clone());
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes),
         routes: BuiltinRoutesLayer::new(RoutesState {
@@ -162,11 +177,12 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             metrics,
             faults,
         }),
-        upstream_metrics: Arc::new(UpstreamMetrics::new(&upstreams)),
+        upstream_metrics,
         upstreams,
         drain,
         ratelimit,
         breaker,
+        items,
         config,
     };
     let stack = stack::build(&shared);
@@ -206,6 +222,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             readiness,
             drain,
             connections,
+            batch: batch_handle,
             background,
             backends,
         },

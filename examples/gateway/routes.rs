@@ -40,17 +40,20 @@ pub enum Route {
     Metrics = 2,
     /// `/demo/faults`
     DemoFaults = 3,
+    /// `/demo/stats`
+    DemoStats = 4,
     /// Everything else: forwarded upstream.
-    Proxy = 4,
+    Proxy = 5,
 }
 
 impl Route {
     /// Every route, indexed by its discriminant.
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::DemoFaults,
+        Route::DemoStats,
         Route::Proxy,
     ];
 
@@ -61,6 +64,7 @@ impl Route {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::DemoFaults => "demo_faults",
+            Route::DemoStats => "demo_stats",
             Route::Proxy => "proxy",
         }
     }
@@ -86,6 +90,7 @@ impl Routes {
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
             "/demo/faults" if self.demo => Route::DemoFaults,
+            "/demo/stats" if self.demo => Route::DemoStats,
             _ => Route::Proxy,
         }
     }
@@ -241,6 +246,17 @@ impl<S> BuiltinRoutes<S> {
             }
             Route::DemoFaults => match &self.state.faults {
                 Some(faults) => demo_faults(faults, req),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            Route::DemoStats => match &self.state.faults {
+                Some(faults) => {
+                    let mut res = Response::new(Body::from(faults.stats_json()));
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    res
+                }
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             Route::Proxy => unreachable!("forwarded requests are not answered locally"),

@@ -11,7 +11,9 @@
 //!                             idle keep-alive connections closed at once, busy ones
 //!                             finish (Connection: close / GOAWAY); at
 //!                             `shutdown.drain_deadline` the rest is force-closed
-//!             flush           background scope (batch queues) cancelled and awaited
+//!             flush           [batch] closed: queued lookups sent at once and answered,
+//!                             the rest cut at `shutdown.flush_deadline`; background
+//!                             scope cancelled and awaited
 //!             close-backends  backend scope (the demo upstream) cancelled and awaited
 //!          ─▶ exit 0, or 1 naming what was cut, or 3 when a second signal forced it
 //! ```
@@ -40,6 +42,8 @@ pub struct Parts {
     pub drain: Drain,
     /// The server's connections.
     pub connections: ServerHandle,
+    /// The `[batch]` batcher, when on.
+    pub batch: Option<palisade::batch::BatchHandle>,
     /// Background work to flush after the requests that feed it.
     pub background: Scope,
     /// Backends to close last.
@@ -52,6 +56,7 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
         readiness,
         drain,
         connections,
+        batch,
         background,
         backends,
     } = parts;
@@ -79,11 +84,13 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
             .drain_phase("drain", drain_deadline, drain)
             .cut_grace(SHORT),
     )?;
-    shutdown.add_phase(
-        Phase::new("flush", settings.flush_deadline.get())
-            .cancel(&background)
-            .wait(&background),
-    )?;
+    // The drain phase has answered every request, lookups included; what a
+    // batcher still holds (nothing, unless a caller left) goes out here.
+    let flush = match batch {
+        Some(batch) => batch.drain_phase("flush", settings.flush_deadline.get()),
+        None => Phase::new("flush", settings.flush_deadline.get()),
+    };
+    shutdown.add_phase(flush.cancel(&background).wait(&background))?;
     shutdown.add_phase(
         Phase::new("close-backends", CLOSE_BACKENDS)
             .cancel(&backends)

@@ -11,6 +11,7 @@
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
+//!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
 //!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
 //!  8 TimeoutLayer         upstream.timeout, 504
@@ -32,6 +33,10 @@
 //!   without charging the client's budget.
 //! - Rate limiting before the upstream choice: a rejected request never
 //!   touches per-upstream state.
+//! - Batching right after rate limiting: each client's lookup spends its own
+//!   cell before it joins a batch; the batcher then calls the upstream
+//!   through its own choice + breaker + timeout (`batch.rs`), so the breaker
+//!   sees one outcome per batch, the call the upstream really served.
 //! - The breaker sits between choice and forwarding, so each upstream has its
 //!   own breaker, and wraps the timeout so a timeout counts as a failure.
 //! - The timeout is innermost so it measures the upstream alone, not time
@@ -53,6 +58,7 @@ use tower::timeout::TimeoutLayer;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
+use crate::batch::ItemsRouteLayer;
 use crate::body::Body;
 use crate::config::Config;
 use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
@@ -78,6 +84,8 @@ pub struct Shared {
     pub ratelimit: crate::ratelimit::RateLimitLayer,
     /// Layer 7, built (and so validated) before any port is bound.
     pub breaker: crate::breaker::BreakerLayer,
+    /// Layer 5b's batcher, when `[batch]` is on.
+    pub items: Option<crate::batch::Items>,
 }
 
 /// Builds the stack once; it is cloned per connection (every layer's state
@@ -102,6 +110,9 @@ pub fn build(
         .layer(ErrorResponseLayer)
         .layer(shared.drain.layer())
         .layer(shared.ratelimit.clone())
+        .layer(ItemsRouteLayer::new(
+            shared.items.as_ref().map(|items| items.batch.clone()),
+        ))
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
@@ -119,6 +130,31 @@ pub fn build(
 /// A pattern whose layer fails with its own error adds a downcast here
 /// (its crate's `http` module builds the 429/503 with `Retry-After`).
 pub fn error_response(err: &BoxError) -> Response<Body> {
+    response_for(&**err)
+}
+
+fn response_for(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Response<Body> {
+    if let Some(batch) = err.downcast_ref::<palisade::batch::Error>() {
+        return match batch {
+            // The batch's upstream call failed: answer as that call's own
+            // error would have been answered (502, 503 from an open
+            // breaker, 504).
+            palisade::batch::Error::Failed(cause) => response_for(cause.inner()),
+            other => {
+                let mut res: Response<Body> = palisade::batch::http::error_response(other);
+                *res.body_mut() = Body::from(match res.status() {
+                    StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
+                    StatusCode::BAD_GATEWAY => "bad gateway\n",
+                    _ => "internal error\n",
+                });
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                res
+            }
+        };
+    }
     if let Some(rejected) = err.downcast_ref::<palisade_breaker::Rejected>() {
         return crate::breaker::rejected(rejected);
     }
@@ -138,6 +174,9 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
     }
     let (status, body) = if err.is::<tower::timeout::error::Elapsed>() {
         (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+    } else if err.is::<crate::batch::FetchError>() || err.is::<hyper_util::client::legacy::Error>()
+    {
+        (StatusCode::BAD_GATEWAY, "bad gateway\n")
     } else if let Some(e) = err.downcast_ref::<ProxyError>() {
         match e {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => {
@@ -146,7 +185,7 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
             ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
         }
     } else {
-        tracing::error!(error = %ErrorChain(&**err), "unexpected error in the gateway stack");
+        tracing::error!(error = %ErrorChain(err), "unexpected error in the gateway stack");
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
     };
     let mut res = Response::new(Body::from(body));

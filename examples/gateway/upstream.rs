@@ -11,7 +11,9 @@
 //!   own address as `x-echo-served-by`
 //! - `/delay/{ms}` → answers after `ms` milliseconds
 //! - `/status/{code}` → answers with that status
-//! - `/items/{id}` and `/items?ids=1,2,3` → JSON for one or many items
+//! - `/items/{id}` and `/items?ids=1,2,3` → JSON for one or many items (the
+//!   gateway's `[batch]` turns the first into the second); the calls of each
+//!   kind are counted and shown at the gateway's `/demo/stats`
 //! - `/hop-by-hop` → a response carrying hop-by-hop headers (proxy tests)
 //!
 //! Fault injection ([`Faults`]) applies to every route: added latency, then
@@ -47,6 +49,11 @@ struct FaultsInner {
     latency_us: AtomicU64,
     /// Requests seen; drives the deterministic error pattern.
     seen: AtomicU64,
+    /// `/items/{id}` calls answered.
+    item_calls: AtomicU64,
+    /// `/items?ids=` calls answered, and the ids they carried.
+    batch_calls: AtomicU64,
+    batched_ids: AtomicU64,
 }
 
 impl Faults {
@@ -86,6 +93,32 @@ impl Faults {
             self.error_rate(),
             self.latency().as_secs_f64() * 1000.0
         )
+    }
+
+    /// The `/items` calls the demo upstream has received, as a JSON object:
+    /// `{"item_calls":N,"batch_calls":M,"batched_ids":K}`.
+    pub fn stats_json(&self) -> String {
+        format!(
+            "{{\"item_calls\":{},\"batch_calls\":{},\"batched_ids\":{}}}\n",
+            self.0.item_calls.load(Ordering::Relaxed),
+            self.0.batch_calls.load(Ordering::Relaxed),
+            self.0.batched_ids.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts an `/items` call as it arrives (before any injected fault).
+    fn count(&self, uri: &http::Uri) {
+        let path = uri.path();
+        if path.starts_with("/items/") {
+            self.0.item_calls.fetch_add(1, Ordering::Relaxed);
+        } else if path == "/items" {
+            let ids = uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ids=")))
+                .map_or(0, |ids| ids.split(',').filter(|s| !s.is_empty()).count());
+            self.0.batch_calls.fetch_add(1, Ordering::Relaxed);
+            self.0.batched_ids.fetch_add(ids as u64, Ordering::Relaxed);
+        }
     }
 
     /// Whether the next request fails. Deterministic: request `n` fails when
@@ -147,6 +180,7 @@ struct Ctx {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, Infallible> {
     let faults = &ctx.faults;
+    faults.count(req.uri());
     let latency = faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
