@@ -65,24 +65,6 @@ impl<Req, Resp> Settings<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Clone for Settings<Req, Resp> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name.clone(),
-            max_items: self.max_items,
-            max_weight: self.max_weight,
-            weight: self.weight.clone(),
-            max_latency: self.max_latency,
-            flush: self.flush,
-            max_in_flight: self.max_in_flight,
-            queue_capacity: self.queue_capacity,
-            dedup: self.dedup.clone(),
-            bisect_depth: self.bisect_depth,
-            clone_req: self.clone_req,
-        }
-    }
-}
-
 impl<Req, Resp> fmt::Debug for Settings<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")

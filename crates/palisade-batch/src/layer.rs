@@ -76,7 +76,7 @@ where
     type Service = Batch<Req, Resp>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let shared = Arc::new(Shared::new(self.settings.as_ref().clone()));
+        let shared = Arc::new(Shared::new(self.settings.clone()));
         let control: Arc<dyn Control> = shared.clone();
         self.registry
             .add(Arc::downgrade(&control) as Weak<dyn Control>);

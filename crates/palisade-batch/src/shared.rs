@@ -25,7 +25,7 @@ use crate::error::Closed;
 use crate::message::Entry;
 
 pub(crate) struct Shared<Req, Resp> {
-    pub(crate) settings: Settings<Req, Resp>,
+    pub(crate) settings: Arc<Settings<Req, Resp>>,
     queue: Mutex<Queue<Req, Resp>>,
     /// The worker's waker: woken by every push and by a close.
     worker: AtomicWaker,
@@ -67,7 +67,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl Shared ===
 
 impl<Req, Resp> Shared<Req, Resp> {
-    pub(crate) fn new(settings: Settings<Req, Resp>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings<Req, Resp>>) -> Self {
         let capacity = settings.queue_capacity;
         Self {
             settings,
