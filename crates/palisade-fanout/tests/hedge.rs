@@ -93,14 +93,21 @@ async fn when_every_attempt_fails_the_last_failure_is_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn max_attempts_sends_one_more_attempt_per_delay() {
-    let replicas = [Mock::new([ok(100, 0)]), Mock::new([ok(100, 1)]), Mock::new([ok(15, 2)])];
+    let replicas = [
+        Mock::new([ok(100, 0)]),
+        Mock::new([ok(100, 1)]),
+        Mock::new([ok(15, 2)]),
+    ];
     let mut svc = Hedge::over(replicas.clone(), fixed(20, 3));
     let (out, took) = timed(ServiceExt::<()>::ready(&mut svc).await.unwrap().call(())).await;
     assert_eq!(out.unwrap(), 2);
     assert_eq!(took, 55 * MS);
     assert_eq!(replicas[1].stats.called_at_ms(), [20]);
     assert_eq!(replicas[2].stats.called_at_ms(), [40]);
-    assert_eq!(replicas[0].stats.cancelled() + replicas[1].stats.cancelled(), 2);
+    assert_eq!(
+        replicas[0].stats.cancelled() + replicas[1].stats.cancelled(),
+        2
+    );
     assert_eq!(svc.hedger().stats().hedges, 2);
 }
 
@@ -154,7 +161,10 @@ async fn percentile_delay_waits_for_min_samples_then_tracks_every_attempt() {
     // bound at microsecond resolution).
     tokio::time::advance(200 * MS).await;
     let d = hedger.current_delay().expect("enough samples");
-    assert!(d >= 9 * MS && d <= 9 * MS + Duration::from_micros(9000 / 32), "{d:?}");
+    assert!(
+        d >= 9 * MS && d <= 9 * MS + Duration::from_micros(9000 / 32),
+        "{d:?}"
+    );
     assert_eq!(hedger.stats().hedges, 0);
 }
 
@@ -201,7 +211,9 @@ async fn cancelled_losers_are_recorded_at_their_elapsed_time() {
 
 /// A heavy-tailed backend: 99% of attempts take 8-12 ms, 1% take 500 ms
 /// (50x the median), drawn per attempt from a seeded generator.
-fn heavy_tailed(seed: u64) -> impl Service<(), Response = u64, Error = BoxError, Future: Send> + Clone {
+fn heavy_tailed(
+    seed: u64,
+) -> impl Service<(), Response = u64, Error = BoxError, Future: Send> + Clone {
     let rng = std::sync::Arc::new(std::sync::Mutex::new(SplitMix(seed)));
     service_fn(move |_: ()| {
         let r = {
@@ -288,7 +300,10 @@ async fn with_every_backend_slow_the_hedge_rate_falls_to_the_budget() {
     let hedger = layer.hedger().clone();
     let mut svc = layer.layer(slow);
     for _ in 0..1000 {
-        timed(ServiceExt::<()>::ready(&mut svc).await.unwrap().call(())).await.0.unwrap();
+        timed(ServiceExt::<()>::ready(&mut svc).await.unwrap().call(()))
+            .await
+            .0
+            .unwrap();
     }
     let s = hedger.stats();
     // 100 s at 1 per second, window by window.
@@ -299,19 +314,49 @@ async fn with_every_backend_slow_the_hedge_rate_falls_to_the_budget() {
 #[test]
 fn config_errors_name_the_field() {
     let b = HedgeConfig::builder;
-    assert_eq!(b().max_attempts(1).build().unwrap_err().field(), "max_attempts");
-    assert_eq!(b().max_extra_load(1.5).build().unwrap_err().field(), "max_extra_load");
-    assert_eq!(b().max_extra_load(-0.1).build().unwrap_err().field(), "max_extra_load");
     assert_eq!(
-        b().delay(Delay::Percentile(1.0)).build().unwrap_err().field(),
+        b().max_attempts(1).build().unwrap_err().field(),
+        "max_attempts"
+    );
+    assert_eq!(
+        b().max_extra_load(1.5).build().unwrap_err().field(),
+        "max_extra_load"
+    );
+    assert_eq!(
+        b().max_extra_load(-0.1).build().unwrap_err().field(),
+        "max_extra_load"
+    );
+    assert_eq!(
+        b().delay(Delay::Percentile(1.0))
+            .build()
+            .unwrap_err()
+            .field(),
         "delay.percentile"
     );
     assert_eq!(
-        b().min_hedges_per_sec(f64::NAN).build().unwrap_err().field(),
+        b().min_hedges_per_sec(f64::NAN)
+            .build()
+            .unwrap_err()
+            .field(),
         "min_hedges_per_sec"
     );
-    assert_eq!(b().budget_window(Duration::ZERO).build().unwrap_err().field(), "budget_window");
-    assert_eq!(b().latency_window(Duration::ZERO).build().unwrap_err().field(), "latency_window");
-    assert_eq!(b().min_samples(0).build().unwrap_err().field(), "min_samples");
+    assert_eq!(
+        b().budget_window(Duration::ZERO)
+            .build()
+            .unwrap_err()
+            .field(),
+        "budget_window"
+    );
+    assert_eq!(
+        b().latency_window(Duration::ZERO)
+            .build()
+            .unwrap_err()
+            .field(),
+        "latency_window"
+    );
+    assert_eq!(
+        b().min_samples(0).build().unwrap_err().field(),
+        "min_samples"
+    );
     assert!(b().build().is_ok());
 }

@@ -216,6 +216,13 @@ where
                 let Some(items) = this.items.as_mut() else {
                     break;
                 };
+                // An iterator that knows it is empty ends here; any other
+                // shows its end only when asked for an item, which waits
+                // for readiness like every item.
+                if items.size_hint().1 == Some(0) {
+                    *this.items = None;
+                    break;
+                }
                 match this.svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
