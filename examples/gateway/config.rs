@@ -40,6 +40,10 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// `[ratelimit]`: per-client and global limits (palisade-ratelimit).
     pub ratelimit: crate::ratelimit::RateLimitConfig,
+    /// `[scatter]`: a route that asks every upstream (palisade-fanout).
+    pub scatter: crate::scatter::ScatterConfig,
+    /// `[hedge]`: hedged idempotent requests (palisade-fanout).
+    pub hedge: crate::hedge::HedgeConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

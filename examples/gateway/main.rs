@@ -20,10 +20,12 @@
 mod body;
 mod breaker;
 mod config;
+mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
 mod routes;
+mod scatter;
 mod shutdown;
 mod stack;
 mod telemetry;
@@ -132,6 +134,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // Without configured upstreams there is one: the demo upstream below.
     let ratelimit = ratelimit::layer(&config.ratelimit)?;
     let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
+    scatter::check(&config.scatter, upstreams.len().max(1))?;
+    let hedge = hedge::settings(&config.hedge)?;
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
@@ -153,6 +157,9 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let routes = Routes::new(faults.is_some());
     let request_metrics = Arc::new(RequestMetrics::new());
     let upstreams = Arc::new(Upstreams::new(&upstreams));
+    // Validated above; now the upstream list is final.
+    let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;
+    let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
     let drain = Drain::new();
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes),
@@ -167,6 +174,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         drain,
         ratelimit,
         breaker,
+        scatter: scatter::ScatterLayer::new(scatter),
+        hedge,
         config,
     };
     let stack = stack::build(&shared);

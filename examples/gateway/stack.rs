@@ -11,6 +11,8 @@
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
+//!  5a scatter::ScatterLayer  [scatter] route: every upstream at once, JSON
+//!  5b hedge::HedgeLayer      [hedge]: idempotent requests hedged across upstreams
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
 //!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
 //!  8 TimeoutLayer         upstream.timeout, 504
@@ -32,6 +34,10 @@
 //!   without charging the client's budget.
 //! - Rate limiting before the upstream choice: a rejected request never
 //!   touches per-upstream state.
+//! - Scatter and hedging right below the limiter: a scatter or a hedged
+//!   request spends one rate-limit cell however many upstream calls it
+//!   makes (the hedge budget bounds those), and they pick their upstreams
+//!   themselves, so they sit above the single-upstream choice.
 //! - The breaker sits between choice and forwarding, so each upstream has its
 //!   own breaker, and wraps the timeout so a timeout counts as a failure.
 //! - The timeout is innermost so it measures the upstream alone, not time
@@ -78,6 +84,10 @@ pub struct Shared {
     pub ratelimit: crate::ratelimit::RateLimitLayer,
     /// Layer 7, built (and so validated) before any port is bound.
     pub breaker: crate::breaker::BreakerLayer,
+    /// Layer 5a (a pass-through without `[scatter] path`).
+    pub scatter: crate::scatter::ScatterLayer,
+    /// Layer 5b (a pass-through unless `[hedge] enabled`).
+    pub hedge: crate::hedge::HedgeLayer,
 }
 
 /// Builds the stack once; it is cloned per connection (every layer's state
@@ -102,6 +112,8 @@ pub fn build(
         .layer(ErrorResponseLayer)
         .layer(shared.drain.layer())
         .layer(shared.ratelimit.clone())
+        .layer(shared.scatter.clone())
+        .layer(shared.hedge.clone())
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),

@@ -122,7 +122,10 @@ where
         let svc = svc.clone();
         tasks.spawn(async move {
             let start = Instant::now();
-            svc.oneshot(i).await.map_err(Into::into).expect("the backend never fails");
+            svc.oneshot(i)
+                .await
+                .map_err(Into::into)
+                .expect("the backend never fails");
             start.elapsed()
         });
     }
@@ -181,7 +184,11 @@ pub fn run(seed: u64, brownout: bool) -> Vec<Row> {
                 .expect("valid"),
         );
         let l = drive(layer.layer(svc)).await;
-        row("palisade hedge p95, 5% budget", &l, attempts.load(Ordering::Relaxed))
+        row(
+            "palisade hedge p95, 5% budget",
+            &l,
+            attempts.load(Ordering::Relaxed),
+        )
     });
     vec![none, tower, palisade]
 }

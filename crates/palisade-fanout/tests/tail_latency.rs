@@ -24,5 +24,8 @@ fn in_a_brownout_the_budget_caps_the_extra_load() {
     println!("{}", tail_sim::table(&rows));
     let (tower, palisade) = (&rows[1], &rows[2]);
     assert!(palisade.extra_load <= 0.05, "{palisade:?}");
-    assert!(palisade.extra_load < tower.extra_load, "{palisade:?} vs {tower:?}");
+    assert!(
+        palisade.extra_load < tower.extra_load,
+        "{palisade:?} vs {tower:?}"
+    );
 }

@@ -110,7 +110,10 @@ mod tests {
             counts[bucket(v * 1000)] += 1;
         }
         let p95 = quantile(&counts, 100, 0.95).unwrap();
-        assert!((95_000 - 95_000 / 32..=95_000 + 95_000 / 32).contains(&p95), "{p95}");
+        assert!(
+            (95_000 - 95_000 / 32..=95_000 + 95_000 / 32).contains(&p95),
+            "{p95}"
+        );
         assert_eq!(quantile(&counts, 0, 0.95), None);
     }
 }
