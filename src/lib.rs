@@ -11,6 +11,7 @@
 //! | `ratelimit` | [`ratelimit`]          | `palisade-ratelimit` |
 //! | `breaker`   | [`breaker`]            | `palisade-breaker`   |
 //! | `shutdown`  | [`shutdown`]           | `palisade-shutdown`  |
+//! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -27,6 +28,10 @@ pub use palisade_breaker as breaker;
 #[cfg(feature = "shutdown")]
 #[doc(inline)]
 pub use palisade_shutdown as shutdown;
+
+#[cfg(feature = "fanout")]
+#[doc(inline)]
+pub use palisade_fanout as fanout;
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,8 +1,9 @@
 //! Tail-latency simulation: no hedging vs `tower::hedge` vs palisade
-//! hedging, same backend, same seed, paused time (see `tail_sim.rs`).
+//! hedging, same backend, same seed, paused time (see `sim/tail.rs`).
 //!
 //! `cargo bench -p palisade-fanout --bench tail_latency`
 
+#[path = "sim/tail.rs"]
 mod tail_sim;
 
 fn main() {

@@ -115,7 +115,7 @@ async fn max_attempts_sends_one_more_attempt_per_delay() {
 async fn requests_the_policy_rejects_are_never_hedged() {
     let slow = Mock::new([ok(100, 0)]);
     let mut svc = HedgeLayer::new(fixed(20, 2))
-        .policy(hedge_if(|req: &u32| req % 2 == 0))
+        .policy(hedge_if(|req: &u32| req.is_multiple_of(2)))
         .layer(slow.clone());
     let (out, took) = timed(ServiceExt::<u32>::ready(&mut svc).await.unwrap().call(1)).await;
     assert_eq!(out.unwrap(), 0);

@@ -1,7 +1,7 @@
-//! The deterministic tail-latency simulation (`benches/tail_sim.rs`) as a
+//! The deterministic tail-latency simulation (`benches/sim/tail.rs`) as a
 //! test: the hedging targets of docs/fan-out.md, asserted on virtual time.
 
-#[path = "../benches/tail_sim.rs"]
+#[path = "../benches/sim/tail.rs"]
 mod tail_sim;
 
 #[test]

@@ -10,7 +10,7 @@
 //!
 //! The request is cloned once per branch (the last branch takes the
 //! original). Each call drives every branch on its own clone of that
-//! branch's service, readiness included, so [`Scatter::poll_ready`] is always
+//! branch's service, readiness included, so `poll_ready` of [`Scatter`] is always
 //! ready and one backed-up service never blocks the others: with a
 //! [`ready_timeout`](ScatterBuilder::ready_timeout) it simply fails for that
 //! call. Branches the strategy no longer needs are dropped (cancelled) at

@@ -15,7 +15,7 @@
 //! over the same backend: no hedging, `tower::hedge` at p95, palisade
 //! hedging at p95 with a 5% budget.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,7 +71,7 @@ fn backend(seed: u64, brownout: bool) -> (Backend, Arc<AtomicU64>) {
         let (slow, jitter) = {
             let mut rng = rng.lock().unwrap();
             let mut slow_at = slow_at.lock().unwrap();
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 *slow_at = (rng.next_f64() * 100.0) as u64;
             }
             (n % 100 == *slow_at, rng.next_f64())
