@@ -360,3 +360,16 @@ fn config_errors_name_the_field() {
     );
     assert!(b().build().is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unready_replica_does_not_hold_the_primaries_of_the_others() {
+    let stuck = Mock::new([ok(1, 0)]).ready(support::Ready::Never);
+    let fine = Mock::new([ok(10, 1)]);
+    let mut svc = Hedge::over([stuck.clone(), fine.clone()], fixed(50, 2));
+    for _ in 0..3 {
+        let (out, took) = timed(ServiceExt::<()>::ready(&mut svc).await.unwrap().call(())).await;
+        assert_eq!(out.unwrap(), 1);
+        assert_eq!(took, 10 * MS);
+    }
+    assert_eq!(stuck.stats.calls(), 0);
+}

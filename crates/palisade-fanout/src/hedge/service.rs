@@ -119,9 +119,12 @@ where
     type Error = S::Error;
     type Future = HedgeFuture<S, Req, P>;
 
+    /// Ready when the replica next in turn, or failing that any replica
+    /// after it, is ready: one backed-up replica does not hold the primaries
+    /// of the others.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         let n = self.replicas.len();
-        let (index, ready) = *self.chosen.get_or_insert_with(|| {
+        let (first, ready) = *self.chosen.get_or_insert_with(|| {
             let i = if n == 1 {
                 0
             } else {
@@ -133,17 +136,21 @@ where
         if ready {
             return Poll::Ready(Ok(()));
         }
-        match self.replicas[index].poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                self.chosen = Some((index, true));
-                Poll::Ready(Ok(()))
+        for k in 0..n {
+            let index = (first + k) % n;
+            match self.replicas[index].poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.chosen = Some((index, true));
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.chosen = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {}
             }
-            Poll::Ready(Err(e)) => {
-                self.chosen = None;
-                Poll::Ready(Err(e))
-            }
-            Poll::Pending => Poll::Pending,
         }
+        Poll::Pending
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

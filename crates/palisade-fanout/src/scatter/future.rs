@@ -114,7 +114,9 @@ pin_project! {
         // Which branches were recorded (exactly once each).
         recorded: Vec<bool>,
         remaining: usize,
-        started: Instant,
+        // Only read when a limit is configured (reading the clock is not
+        // free, least of all under tokio's test clock).
+        started: Option<Instant>,
         // Ready timeout still to apply (some branch may be unready).
         ready_pending: bool,
         branch_timeout_pending: bool,
@@ -139,7 +141,10 @@ where
             state: Some(shared.gather.begin(n)),
             recorded: vec![false; n],
             remaining: n,
-            started: Instant::now(),
+            started: (shared.ready_timeout.is_some()
+                || shared.branch_timeout.is_some()
+                || shared.deadline.is_some())
+            .then(Instant::now),
             ready_pending: shared.ready_timeout.is_some(),
             branch_timeout_pending: shared.branch_timeout.is_some(),
             grace_until: None,
@@ -237,13 +242,18 @@ where
 
             // The earliest limit still to apply.
             let started = *this.started;
-            let ready_at = this
-                .ready_pending
-                .then(|| started + shared.ready_timeout.expect("set when pending"));
-            let branch_at = this
-                .branch_timeout_pending
-                .then(|| started + shared.branch_timeout.expect("set when pending"));
-            let deadline_at = shared.deadline.map(|d| started + d);
+            let at = |limit: Option<std::time::Duration>| Some(started? + limit?);
+            let ready_at = if *this.ready_pending {
+                at(shared.ready_timeout)
+            } else {
+                None
+            };
+            let branch_at = if *this.branch_timeout_pending {
+                at(shared.branch_timeout)
+            } else {
+                None
+            };
+            let deadline_at = at(shared.deadline);
             let next = [ready_at, branch_at, deadline_at, *this.grace_until]
                 .into_iter()
                 .flatten()
