@@ -223,7 +223,7 @@ where
             }
         };
 
-        let finished = 'events: loop {
+        'events: loop {
             // Branch results first: an answer that is in when a timer fires
             // counts as an answer.
             while let Poll::Ready(Some((index, result))) = this.branches.poll_next_unpin(cx) {
@@ -236,7 +236,7 @@ where
                         result,
                     )
                 {
-                    break 'events true;
+                    break 'events;
                 }
             }
 
@@ -277,7 +277,7 @@ where
             // `next` has passed: apply every limit due by now.
             let now = Instant::now();
             if this.grace_until.is_some_and(|at| at <= now) {
-                break 'events true;
+                break 'events;
             }
             if deadline_at.is_some_and(|at| at <= now) {
                 for index in 0..this.recorded.len() {
@@ -290,10 +290,10 @@ where
                             Err(BranchError::Deadline),
                         )
                     {
-                        break 'events true;
+                        break 'events;
                     }
                 }
-                break 'events true;
+                break 'events;
             }
             if branch_at.is_some_and(|at| at <= now) {
                 *this.branch_timeout_pending = false;
@@ -308,7 +308,7 @@ where
                             Err(BranchError::TimedOut),
                         )
                     {
-                        break 'events true;
+                        break 'events;
                     }
                 }
                 // Every branch started together, so none is left running.
@@ -333,12 +333,11 @@ where
                         index,
                         Err(BranchError::NotReady),
                     ) {
-                        break 'events true;
+                        break 'events;
                     }
                 }
             }
-        };
-        debug_assert!(finished);
+        }
 
         // Cancel whatever still runs, then build the result.
         let cancelled = this.remaining;
