@@ -12,6 +12,7 @@
 //! | `breaker`   | [`breaker`]            | `palisade-breaker`   |
 //! | `shutdown`  | [`shutdown`]           | `palisade-shutdown`  |
 //! | `batch`     | [`batch`]              | `palisade-batch`     |
+//! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -32,6 +33,9 @@ pub use palisade_shutdown as shutdown;
 #[cfg(feature = "batch")]
 #[doc(inline)]
 pub use palisade_batch as batch;
+#[cfg(feature = "fanout")]
+#[doc(inline)]
+pub use palisade_fanout as fanout;
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -42,6 +42,10 @@ pub struct Config {
     pub ratelimit: crate::ratelimit::RateLimitConfig,
     /// `[batch]`: `/items/{id}` lookups coalesced (palisade-batch).
     pub batch: crate::batch::BatchConfig,
+    /// `[scatter]`: a route that asks every upstream (palisade-fanout).
+    pub scatter: crate::scatter::ScatterConfig,
+    /// `[hedge]`: hedged idempotent requests (palisade-fanout).
+    pub hedge: crate::hedge::HedgeConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -22,10 +22,12 @@ mod batch;
 mod body;
 mod breaker;
 mod config;
+mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
 mod routes;
+mod scatter;
 mod shutdown;
 mod stack;
 mod telemetry;
@@ -136,6 +138,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
     let batch = batch::layer(&config.batch)?;
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
+    scatter::check(&config.scatter, upstreams.len().max(1))?;
+    let hedge = hedge::settings(&config.hedge)?;
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
@@ -158,6 +162,9 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let request_metrics = Arc::new(RequestMetrics::new());
     let upstreams = Arc::new(Upstreams::new(&upstreams));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
+    // Validated above; now the upstream list is final.
+    let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;
+    let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
     let drain = Drain::new();
     let items = batch.map(|layer| {
         batch::start(
@@ -183,6 +190,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         ratelimit,
         breaker,
         items,
+        scatter: scatter::ScatterLayer::new(scatter),
+        hedge,
         config,
     };
     let stack = stack::build(&shared);

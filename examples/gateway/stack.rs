@@ -11,7 +11,9 @@
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
+//!  5a ScatterLayer       [scatter] route: every upstream at once, JSON
 //!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
+//!  5c HedgeLayer          [hedge]: idempotent requests hedged across upstreams
 //!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
 //!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
 //!  8 TimeoutLayer         upstream.timeout, 504
@@ -33,8 +35,13 @@
 //!   without charging the client's budget.
 //! - Rate limiting before the upstream choice: a rejected request never
 //!   touches per-upstream state.
-//! - Batching right after rate limiting: each client's lookup spends its own
-//!   cell before it joins a batch; the batcher then calls the upstream
+//! - Scatter and hedging right below the limiter: a scatter or a hedged
+//!   request spends one rate-limit cell however many upstream calls it
+//!   makes (the hedge budget bounds those), and they pick their upstreams
+//!   themselves, so they sit above the single-upstream choice.
+//! - Batching right after rate limiting, before hedging (a lookup joins a
+//!   batch rather than being hedged alone): each client's lookup spends its
+//!   own cell before it joins a batch; the batcher then calls the upstream
 //!   through its own choice + breaker + timeout (`batch.rs`), so the breaker
 //!   sees one outcome per batch, the call the upstream really served.
 //! - The breaker sits between choice and forwarding, so each upstream has its
@@ -84,8 +91,12 @@ pub struct Shared {
     pub ratelimit: crate::ratelimit::RateLimitLayer,
     /// Layer 7, built (and so validated) before any port is bound.
     pub breaker: crate::breaker::BreakerLayer,
+    /// Layer 5a (a pass-through without `[scatter] path`).
+    pub scatter: crate::scatter::ScatterLayer,
     /// Layer 5b's batcher, when `[batch]` is on.
     pub items: Option<crate::batch::Items>,
+    /// Layer 5c (a pass-through unless `[hedge] enabled`).
+    pub hedge: crate::hedge::HedgeLayer,
 }
 
 /// Builds the stack once; it is cloned per connection (every layer's state
@@ -110,9 +121,11 @@ pub fn build(
         .layer(ErrorResponseLayer)
         .layer(shared.drain.layer())
         .layer(shared.ratelimit.clone())
+        .layer(shared.scatter.clone())
         .layer(ItemsRouteLayer::new(
             shared.items.as_ref().map(|items| items.batch.clone()),
         ))
+        .layer(shared.hedge.clone())
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
