@@ -11,7 +11,8 @@
 //!   is one item, so the reported time is per item and the throughput is
 //!   items/s.
 //! - `latency/*`: one caller, an inner service with a fixed per-call cost
-//!   (a spin of about 20 µs): unbatched, palisade (opportunistic and timer)
+//!   (a spin of 20 µs, or `BATCH_BENCH_COST_US` µs; 0 shows the batcher's
+//!   own fixed cost per call): unbatched, palisade (opportunistic and timer)
 //!   and tower-batch-control.
 //! - After the groups, the mean batch size at 256 callers and the memory per
 //!   queued item (RSS growth over 200,000 queued items) are printed.
@@ -266,11 +267,16 @@ fn report_fill(name: &str, fill: &Fill) {
 
 /// One caller, sequential calls: the latency each adds over the inner cost.
 fn latency(c: &mut Criterion) {
-    const COST: Duration = Duration::from_micros(20);
+    let cost = Duration::from_micros(
+        std::env::var("BATCH_BENCH_COST_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
     let rt = runtime();
     let mut g = c.benchmark_group("latency");
     let fill = Arc::new(Fill::default());
-    let unbatched = palisade_inner(fill.clone(), COST);
+    let unbatched = palisade_inner(fill.clone(), cost);
     g.bench_function("unbatched", |b| {
         b.iter_custom(|iters| {
             let mut svc = unbatched.clone();
@@ -293,12 +299,12 @@ fn latency(c: &mut Criterion) {
         ("palisade_opportunistic", Flush::Opportunistic),
         ("palisade_timer", Flush::Timer),
     ] {
-        let svc = rt.block_on(async { palisade_service(fill.clone(), COST, flush) });
+        let svc = rt.block_on(async { palisade_service(fill.clone(), cost, flush) });
         g.bench_function(name, |b| {
             b.iter_custom(|iters| on_worker(&rt, sequential(svc.clone(), iters)))
         });
     }
-    let svc = rt.block_on(async { tbc_service(fill.clone(), COST) });
+    let svc = rt.block_on(async { tbc_service(fill.clone(), cost) });
     g.bench_function("tower_batch_control", |b| {
         b.iter_custom(|iters| on_worker(&rt, sequential(svc.clone(), iters)))
     });
