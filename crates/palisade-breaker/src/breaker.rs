@@ -138,9 +138,27 @@ impl Breaker {
         state_of(self.shared.state.load(Ordering::Acquire))
     }
 
-    /// The sliding window's totals now.
+    /// The totals the breaker decides on now, which depend on the state:
+    ///
+    /// - Closed, MetricsOnly: the sliding window.
+    /// - Open, ForcedOpen, Disabled: the sliding window as it was when the
+    ///   breaker left Closed (nothing records; a time window still expires
+    ///   its buckets).
+    /// - HalfOpen: the current half-open round's probes only (completed
+    ///   probes, their failures and slow calls), starting from zero when the
+    ///   round starts. The window from before the opening is not current
+    ///   and is not reported.
     pub fn counts(&self) -> WindowCounts {
-        self.shared.window.counts(self.shared.now())
+        let shared = &self.shared;
+        let word = shared.state.load(Ordering::Acquire);
+        if state_of(word) == State::HalfOpen {
+            let locked = shared.lock();
+            // The tally belongs to the round of `word` only while it lasts.
+            if shared.state.load(Ordering::Acquire) == word {
+                return locked.tally;
+            }
+        }
+        shared.window.counts(shared.now())
     }
 
     /// Number of openings since the last clean close (what the backoff grows
@@ -258,6 +276,14 @@ impl Breaker {
 
     pub(crate) fn notify(&self) -> &Arc<Notify> {
         &self.shared.notify
+    }
+
+    /// Whether `permit` was admitted under the current state word: a permit
+    /// reserved before any transition since (the breaker opened, was reset,
+    /// or a half-open round ended) is stale and must not admit a call.
+    #[inline]
+    pub(crate) fn is_current(&self, permit: &Permit) -> bool {
+        self.shared.state.load(Ordering::Acquire) == permit.word
     }
 
     /// Whether a call made now would be admitted by state alone, without
@@ -388,8 +414,11 @@ impl Shared {
                     .store(probes_word(generation, 0), Ordering::Release);
             }
             State::Closed | State::MetricsOnly => {
-                // Nothing records while the state word says otherwise, so the
-                // window can be emptied without racing recorders.
+                // Recorders admitted under the previous word drop their
+                // outcome once they see the new one, but one that checked
+                // just before may still be recording (when leaving Closed or
+                // MetricsOnly by hand): `clear` swaps slots out, so that
+                // record is cleared or kept whole, never half-counted.
                 self.window.clear();
                 self.consecutive.store(0, Ordering::Release);
                 if to == State::Closed {
@@ -670,6 +699,16 @@ impl Permit {
                 State::HalfOpen => shared.on_probe_outcome(self.word, self.start, outcome),
                 _ => shared.on_closed_outcome(self.word, self.start, outcome),
             }
+        }
+    }
+
+    /// Gives a reserved permit back without counting a call: a stale
+    /// reservation never made one, so it is not a cancellation either.
+    pub(crate) fn discard(mut self) {
+        if let Some(shared) = self.shared.take()
+            && state_of(self.word) == State::HalfOpen
+        {
+            shared.release_probe(generation_of(self.word));
         }
     }
 

@@ -111,6 +111,7 @@ mod layer;
 pub mod metrics;
 mod service;
 mod state;
+mod sync;
 mod window;
 
 #[cfg(feature = "http")]

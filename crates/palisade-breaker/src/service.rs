@@ -73,8 +73,15 @@ impl<S, C> CircuitBreaker<S, C> {
     /// available ([`ReadyMode::WaitWhileOpen`]).
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if self.permit.is_some() {
-                return Poll::Ready(());
+            if let Some(permit) = self.permit.take() {
+                // A reservation is only as good as the state it was made in:
+                // a balancer may hold this service ready for a long time, and
+                // the breaker may have opened meanwhile.
+                if self.breaker.is_current(&permit) {
+                    self.permit = Some(permit);
+                    return Poll::Ready(());
+                }
+                permit.discard();
             }
             if self.wait.is_none()
                 && self.breaker.is_closed_like()
@@ -173,9 +180,20 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.mode {
             ReadyMode::FailFast => self.breaker.try_acquire(),
-            ReadyMode::WaitWhileOpen => Ok(self.permit.take().expect(
-                "CircuitBreaker::call without poll_ready returning Ready (the permit is reserved there)",
-            )),
+            ReadyMode::WaitWhileOpen => {
+                let permit = self.permit.take().expect(
+                    "CircuitBreaker::call without poll_ready returning Ready (the permit is reserved there)",
+                );
+                if self.breaker.is_current(&permit) {
+                    Ok(permit)
+                } else {
+                    // The state changed between `poll_ready` and `call`: the
+                    // call is decided by the state now, never by a stale
+                    // reservation.
+                    permit.discard();
+                    self.breaker.try_acquire()
+                }
+            }
         };
         match permit {
             Ok(permit) => {

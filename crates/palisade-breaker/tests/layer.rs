@@ -222,6 +222,38 @@ async fn wait_mode_is_pending_while_open_and_reserves_probe_slots() {
     assert!(second.poll_ready().is_ready());
 }
 
+// Before the fix, a permit reserved while closed stayed "ready" after the
+// breaker opened: a balancer's ready cache could still send a call through.
+#[tokio::test(start_paused = true)]
+async fn wait_mode_revalidates_a_permit_reserved_before_the_breaker_opened() {
+    let b = build(
+        builder(&Log::default())
+            .count_window(1)
+            .minimum_calls(1)
+            .wait_duration(10 * SEC),
+    );
+    let layer = CircuitBreakerLayer::new(b.clone()).ready_mode(ReadyMode::WaitWhileOpen);
+    let (mut svc, mut handle) = mock::spawn_with(|m: Mock<&str, &str>| layer.layer(m));
+    handle.allow(100);
+    // Reserved while closed, then the breaker opens under it.
+    assert!(svc.poll_ready().is_ready());
+    b.force_open();
+    assert!(
+        svc.poll_ready().is_pending(),
+        "a stale reservation is not readiness"
+    );
+    b.reset();
+    assert!(svc.is_woken());
+    assert!(svc.poll_ready().is_ready());
+
+    // Ready, then opened between `poll_ready` and `call`: the call is
+    // rejected without reaching the service.
+    b.force_open();
+    let err = svc.call("late").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Rejected>(), Some(&Rejected::ForcedOpen));
+    assert!(handle.poll_request().is_pending());
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_keys_and_bound_their_number() {
     let config = builder(&Log::default())
