@@ -106,7 +106,7 @@ pub use clock::{Clock, ManualClock};
 pub use error::{BoxError, InsufficientCapacity, QuotaError, RateLimited};
 pub use future::ResponseFuture;
 pub use keyed::{DEFAULT_MAX_KEYS, KeyedLimiter, KeyedLimiterBuilder};
-pub use layer::{Mode, RateLimitLayer};
+pub use layer::{DEFAULT_MAX_WAIT, Mode, RateLimitLayer};
 pub use limiter::{Limiter, LimiterBuilder};
 pub use policy::{KeyExtractor, KeyFn, PerKey, Policy, Report, Verdict, key_fn};
 pub use quota::{Decision, Quota, QuotaBuilder};

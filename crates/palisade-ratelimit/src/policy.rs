@@ -83,20 +83,40 @@ pub trait Policy<Req> {
     /// Gives back what `check` took for `req` (another policy rejected it).
     fn refund(&self, req: &Req, taken: Self::Taken);
 
-    /// Wait mode: books one cell now, possibly in the future, and returns the
-    /// nanoseconds until it is due; `None` if this policy is checked per
-    /// request instead (keyed policies, which need the request).
-    fn reserve(&self) -> Option<u64> {
+    /// Wait mode: books one cell now, possibly in the future, and returns
+    /// the nanoseconds until it is due.
+    ///
+    /// - `None`: this policy books nothing here and is checked in `call`
+    ///   instead (keyed policies need the request; shadow limits never hold
+    ///   a request back).
+    /// - `Some(Err(verdict))`: the cell would be due more than `max_wait`
+    ///   nanoseconds from now; nothing is booked and the request is rejected
+    ///   with `verdict`.
+    ///
+    /// A tuple books all its members or none: if one member's wait exceeds
+    /// `max_wait`, the cells the earlier members booked are released.
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        let _ = max_wait;
         None
     }
 
-    /// Gives back a cell booked by [`reserve`](Policy::reserve) and never used.
+    /// Gives back the cells booked by [`reserve`](Policy::reserve) and never
+    /// used.
     fn release(&self) {}
 
-    /// A cell booked by [`reserve`](Policy::reserve) was used by a request
-    /// (counted as admitted only now, so bookings abandoned by a caller that
-    /// probes readiness and then clones the service are not counted).
+    /// The cells booked by [`reserve`](Policy::reserve) were used by a
+    /// request (counted as admitted only now, so bookings abandoned by a
+    /// caller that probes readiness and then clones the service are not
+    /// counted).
     fn commit(&self) {}
+
+    /// Wait mode, in `call` after [`reserve`](Policy::reserve) booked
+    /// cells: checks what `reserve` could not book (the keyed members of a
+    /// tuple) and nothing else. The default checks the whole policy, right
+    /// for a policy that never books.
+    fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+        self.check(req)
+    }
 }
 
 // === impl Limiter ===
@@ -126,16 +146,38 @@ impl<Req> Policy<Req> for Limiter {
         }
     }
 
-    fn reserve(&self) -> Option<u64> {
-        Some(Limiter::reserve(self, 1))
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        if self.is_shadow() {
+            return None;
+        }
+        Some(Limiter::reserve(self, 1, max_wait).map_err(|decision| {
+            Verdict::limited(Report {
+                policy: self.name(),
+                quota: self.quota(),
+                decision,
+            })
+        }))
     }
 
     fn release(&self) {
-        Limiter::refund(self, 1);
+        if !self.is_shadow() {
+            Limiter::refund(self, 1);
+        }
     }
 
     fn commit(&self) {
-        self.count_admitted();
+        if !self.is_shadow() {
+            self.count_admitted();
+        }
+    }
+
+    fn check_unbooked(&self, req: &Req) -> (Verdict, bool) {
+        if self.is_shadow() {
+            // Not booked by `reserve`: checked (and never limiting) here.
+            Policy::<Req>::check(self, req)
+        } else {
+            (Verdict::default(), false)
+        }
     }
 }
 
@@ -273,8 +315,8 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
         }
     }
 
-    fn reserve(&self) -> Option<u64> {
-        self.as_ref().and_then(P::reserve)
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        self.as_ref().and_then(|p| p.reserve(max_wait))
     }
 
     fn release(&self) {
@@ -286,6 +328,16 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
     fn commit(&self) {
         if let Some(policy) = self {
             policy.commit();
+        }
+    }
+
+    fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+        match self {
+            Some(policy) => {
+                let (verdict, taken) = policy.check_unbooked(req);
+                (verdict, Some(taken))
+            }
+            None => (Verdict::default(), None),
         }
     }
 }
@@ -316,7 +368,56 @@ macro_rules! tuple_policy {
             fn refund(&self, req: &Req, taken: Self::Taken) {
                 $(if let Some(took) = taken.$idx { self.$idx.refund(req, took); })+
             }
+
+            // All or nothing: the members book in order; when one cannot
+            // (its wait exceeds `max_wait`), those before it release theirs.
+            // Members that book nothing (keyed) are checked in `call` by
+            // `check_unbooked`. The tuple waits for its slowest member.
+            fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+                let release_first = |n: usize| {
+                    $(if $idx < n { self.$idx.release(); })+
+                };
+                let mut booked = 0usize;
+                let mut wait: Option<u64> = None;
+                $(
+                    match self.$idx.reserve(max_wait) {
+                        None => {}
+                        Some(Ok(w)) => wait = Some(wait.map_or(w, |x| x.max(w))),
+                        Some(Err(verdict)) => {
+                            release_first(booked);
+                            return Some(Err(verdict));
+                        }
+                    }
+                    booked = $idx + 1;
+                )+
+                let _ = booked;
+                wait.map(Ok)
+            }
+
+            fn release(&self) {
+                $(self.$idx.release();)+
+            }
+
+            fn commit(&self) {
+                $(self.$idx.commit();)+
+            }
+
+            fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+                let mut taken: Self::Taken = Default::default();
+                let mut tightest = None;
+                $(
+                    let (verdict, took) = self.$idx.check_unbooked(req);
+                    taken.$idx = Some(took);
+                    if verdict.limited.is_some() {
+                        self.refund(req, taken);
+                        return (verdict, Default::default());
+                    }
+                    tightest = Verdict::tighter(tightest, verdict.tightest);
+                )+
+                (Verdict { limited: None, tightest }, taken)
+            }
         }
+
     };
 }
 
