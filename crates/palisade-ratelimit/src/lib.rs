@@ -80,6 +80,7 @@
 //! [`palisade_ratelimit_limited_total`](metrics::LIMITED),
 //! [`palisade_ratelimit_shadow_limited_total`](metrics::SHADOW_LIMITED),
 //! [`palisade_ratelimit_evicted_total`](metrics::EVICTED),
+//! [`palisade_ratelimit_missing_key_total`](metrics::MISSING_KEY),
 //! [`palisade_ratelimit_backend_errors_total`](metrics::BACKEND_ERRORS) (plus a
 //! `fail` label), and the gauge [`palisade_ratelimit_keys`](metrics::KEYS).
 //! A `tracing` event at `INFO` marks the first rejection of a key (or of an
@@ -103,7 +104,7 @@ pub mod http;
 pub mod redis;
 
 pub use clock::{Clock, ManualClock};
-pub use error::{BoxError, InsufficientCapacity, QuotaError, RateLimited};
+pub use error::{BoxError, InsufficientCapacity, MissingKey, QuotaError, RateLimited};
 pub use future::ResponseFuture;
 pub use keyed::{DEFAULT_MAX_KEYS, KeyedLimiter, KeyedLimiterBuilder};
 pub use layer::{DEFAULT_MAX_WAIT, Mode, RateLimitLayer};

@@ -1,8 +1,14 @@
 //! How a request meets one or more limits.
 
-use std::{fmt, hash::Hash};
+use std::{
+    fmt,
+    hash::Hash,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
-use crate::{Decision, KeyedLimiter, Limiter, Quota, RateLimited};
+use metrics::Counter;
+
+use crate::{Decision, KeyedLimiter, Limiter, MissingKey, Quota, RateLimited};
 
 /// One policy's decision for a request, with what the HTTP headers need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +30,9 @@ pub struct Verdict {
     /// the fewest remaining cells (what `RateLimit` reports on a success).
     /// Shadow policies never appear here.
     pub tightest: Option<Report>,
+    /// A keyed policy found no key in the request (and does not allow
+    /// that): the request is refused. Checked before `limited`.
+    pub missing_key: Option<MissingKey>,
 }
 
 impl Verdict {
@@ -36,17 +45,22 @@ impl Verdict {
         })
     }
 
+    /// Whether the request is refused (over a limit, or no key).
+    pub fn is_refused(&self) -> bool {
+        self.limited.is_some() || self.missing_key.is_some()
+    }
+
     fn admitted(report: Report) -> Self {
         Self {
-            limited: None,
             tightest: Some(report),
+            ..Self::default()
         }
     }
 
     fn limited(report: Report) -> Self {
         Self {
             limited: Some(report),
-            tightest: None,
+            ..Self::default()
         }
     }
 
@@ -183,8 +197,12 @@ impl<Req> Policy<Req> for Limiter {
 
 // === impl PerKey ===
 
-/// Extracts the key a request is limited by; `None` means "not limited by
-/// this policy".
+/// Extracts the key a request is limited by.
+///
+/// `None` means the request has no key: [`PerKey`] then refuses it with
+/// [`MissingKey`] unless it was built with
+/// [`allow_missing`](PerKey::allow_missing) (for keys a request may
+/// legitimately lack, such as an optional API key header).
 ///
 /// Implement it for your own types, or wrap a closure with [`key_fn`]. The
 /// `http` feature ships extractors for the peer IP, a trusted-proxy-aware
@@ -195,6 +213,12 @@ pub trait KeyExtractor<Req> {
 
     /// The request's key.
     fn extract(&self, req: &Req) -> Option<Self::Key>;
+
+    /// What a request without a key lacks, for the [`MissingKey`] error and
+    /// its log line (for example "`SocketAddr` request extension").
+    fn missing(&self) -> &'static str {
+        "key (the key extractor returned None)"
+    }
 }
 
 /// A [`KeyExtractor`] from a closure; see [`key_fn`].
@@ -229,20 +253,77 @@ where
     fn extract(&self, req: &Req) -> Option<K> {
         (self.0)(req)
     }
+
+    fn missing(&self) -> &'static str {
+        "key (the key function returned None)"
+    }
 }
 
 /// A keyed policy: a [`KeyedLimiter`] and the [`KeyExtractor`] that picks
 /// each request's key.
+///
+/// A request without a key is refused with [`MissingKey`] (HTTP: 500),
+/// logged once and counted in [`MISSING_KEY`](crate::metrics::MISSING_KEY),
+/// unless the policy is built with [`allow_missing`](Self::allow_missing).
 #[derive(Debug)]
 pub struct PerKey<K, X> {
     limiter: KeyedLimiter<K>,
     extractor: X,
+    allow_missing: bool,
+    warned: AtomicBool,
+    missing: Counter,
 }
 
-impl<K, X> PerKey<K, X> {
-    /// Limits each request by the key `extractor` returns.
+impl<K, X> PerKey<K, X>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Limits each request by the key `extractor` returns; a request without
+    /// a key is refused.
     pub fn new(limiter: KeyedLimiter<K>, extractor: X) -> Self {
-        Self { limiter, extractor }
+        let missing = crate::metrics::missing_key_counter(limiter.name());
+        Self {
+            limiter,
+            extractor,
+            allow_missing: false,
+            warned: AtomicBool::new(false),
+            missing,
+        }
+    }
+
+    /// Admits requests without a key, unlimited by this policy (still
+    /// counted in [`MISSING_KEY`](crate::metrics::MISSING_KEY)). For keys a
+    /// request may legitimately lack; pair it with another limit (per IP,
+    /// global) so those requests are still bounded.
+    pub fn allow_missing(mut self) -> Self {
+        self.allow_missing = true;
+        self
+    }
+
+    #[cold]
+    fn on_missing<Req>(&self) -> Verdict
+    where
+        X: KeyExtractor<Req>,
+    {
+        self.missing.increment(1);
+        if self.allow_missing || self.limiter.is_shadow() {
+            return Verdict::default();
+        }
+        let missing = MissingKey {
+            policy: self.limiter.name(),
+            missing: self.extractor.missing(),
+        };
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                policy = missing.policy,
+                missing = missing.missing,
+                "rate limit policy found no key in a request; refusing it (logged once per policy)"
+            );
+        }
+        Verdict {
+            missing_key: Some(missing),
+            ..Verdict::default()
+        }
     }
 
     /// The limiter (for its key count, for example).
@@ -266,7 +347,7 @@ where
     #[inline]
     fn check(&self, req: &Req) -> (Verdict, u32) {
         let Some(key) = self.extractor.extract(req) else {
-            return (Verdict::default(), 0);
+            return (self.on_missing::<Req>(), 0);
         };
         let (taken, decision) = self.limiter.decide(&key, 1);
         if self.limiter.is_shadow() {
@@ -356,13 +437,13 @@ macro_rules! tuple_policy {
                 $(
                     let (verdict, took) = self.$idx.check(req);
                     taken.$idx = Some(took);
-                    if verdict.limited.is_some() {
+                    if verdict.is_refused() {
                         self.refund(req, taken);
                         return (verdict, Default::default());
                     }
                     tightest = Verdict::tighter(tightest, verdict.tightest);
                 )+
-                (Verdict { limited: None, tightest }, taken)
+                (Verdict { tightest, ..Verdict::default() }, taken)
             }
 
             fn refund(&self, req: &Req, taken: Self::Taken) {
@@ -408,13 +489,13 @@ macro_rules! tuple_policy {
                 $(
                     let (verdict, took) = self.$idx.check_unbooked(req);
                     taken.$idx = Some(took);
-                    if verdict.limited.is_some() {
+                    if verdict.is_refused() {
                         self.refund(req, taken);
                         return (verdict, Default::default());
                     }
                     tightest = Verdict::tighter(tightest, verdict.tightest);
                 )+
-                (Verdict { limited: None, tightest }, taken)
+                (Verdict { tightest, ..Verdict::default() }, taken)
             }
         }
 

@@ -135,9 +135,9 @@ where
                 // Keyed members of a tuple could not be booked: decide them
                 // now, and give every booked cell back if one rejects.
                 let (verdict, _taken) = self.shared.policy.check_unbooked(&req);
-                if let Some(error) = verdict.error() {
+                if let Some(refused) = ResponseFuture::for_verdict(&verdict) {
                     self.shared.policy.release();
-                    return ResponseFuture::limited(error);
+                    return refused;
                 }
                 // The cells booked in poll_ready are consumed: no give-back.
                 self.shared.policy.commit();
@@ -159,8 +159,8 @@ where
             _ => {}
         }
         let (verdict, _taken) = self.shared.policy.check(&req);
-        match verdict.error() {
-            Some(error) => ResponseFuture::limited(error),
+        match ResponseFuture::for_verdict(&verdict) {
+            Some(refused) => refused,
             None => ResponseFuture::called(self.inner.call(req)),
         }
     }
