@@ -119,7 +119,7 @@ pub mod http;
 
 pub use breaker::{Breaker, Permit};
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, classify_fn};
-pub use clock::{Clock, TokioClock};
+pub use clock::{Clock, DefaultClock, TokioClock};
 pub use config::{
     Config, ConfigBuilder, FailureMode, MAX_WINDOW_SIZE, OnTransition, SlidingWindow,
 };
@@ -131,5 +131,7 @@ pub use service::CircuitBreaker;
 pub use state::{Reason, State, Transition};
 pub use window::WindowCounts;
 
-/// The error type of the services: the inner error or a [`Rejected`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of the services: the inner error or a [`Rejected`]. The
+/// one definition all palisade crates share (the same type as
+/// `tower::BoxError`).
+pub use palisade_core::BoxError;

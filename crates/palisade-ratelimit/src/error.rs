@@ -155,5 +155,6 @@ impl fmt::Display for MissingKey {
 
 impl Error for MissingKey {}
 
-/// A type-erased error, as tower's `BoxError`.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+/// A type-erased error: the one definition all palisade crates share (the
+/// same type as `tower::BoxError`).
+pub use palisade_core::BoxError;

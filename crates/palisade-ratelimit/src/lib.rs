@@ -53,7 +53,8 @@
 //!   policies that must all admit.
 //! - [`RateLimitLayer`] / [`RateLimit`]: the tower middleware, in [`Mode::Reject`]
 //!   (servers) or [`Mode::Wait`] (clients, backpressure).
-//! - [`Clock`]: a TSC clock in production, `tokio::time` under test.
+//! - [`Clock`]: a TSC clock in production, `tokio::time` when built in a
+//!   runtime whose clock is paused (the rule the breaker follows too).
 //!
 //! # Algorithm
 //!

@@ -153,11 +153,7 @@ impl Headers {
     }
 }
 
-/// Whole seconds for `Retry-After`: rounded up, and never 0 while limited
-/// (a client told "0" retries at once and is limited again).
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    ceil_secs(wait).max(1)
-}
+pub use palisade_core::retry_after_secs;
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
