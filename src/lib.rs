@@ -28,6 +28,12 @@ pub use palisade_breaker as breaker;
 #[doc(inline)]
 pub use palisade_shutdown as shutdown;
 
+pub mod http;
+
+/// The error type of every palisade service (the same type as
+/// `tower::BoxError`).
+pub use palisade_core::BoxError;
+
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

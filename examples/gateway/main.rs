@@ -164,7 +164,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         }),
         upstream_metrics: Arc::new(UpstreamMetrics::new(&upstreams)),
         upstreams,
-        drain,
+        drain: drain.clone(),
         ratelimit,
         breaker,
         config,

@@ -116,20 +116,20 @@ pub fn build(
 /// The response for an error from the layers below [`ErrorResponseLayer`].
 /// Bodies are short and fixed: details go to the log, never to the client.
 ///
-/// A pattern whose layer fails with its own error adds a downcast here
-/// (its crate's `http` module builds the 429/503 with `Retry-After`).
+/// Every palisade error (an open breaker's 503, a draining server's 503 with
+/// `Connection: close`, a rate limit's 429) is mapped by
+/// `palisade::http::error_response`; the gateway only adds its short body.
 pub fn error_response(err: &BoxError) -> Response<Body> {
-    if let Some(rejected) = err.downcast_ref::<palisade_breaker::Rejected>() {
-        return crate::breaker::rejected(rejected);
-    }
-    if let Some(palisade_shutdown::Error::Draining) = err.downcast_ref() {
-        // 503 + Retry-After + Connection: close (hyper drops that header on
-        // HTTP/2, where the connection's GOAWAY does the job).
-        let mut res: Response<Body> = palisade_shutdown::http::draining_response(
-            palisade_shutdown::http::DEFAULT_RETRY_AFTER,
-            http::Version::HTTP_11,
-        );
-        *res.body_mut() = Body::from("draining\n");
+    if let Some(mut res) = palisade::http::error_response::<Body>(err) {
+        let body = match res.status() {
+            StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
+            StatusCode::SERVICE_UNAVAILABLE if res.headers().contains_key(header::CONNECTION) => {
+                "draining\n"
+            }
+            StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
+            _ => "internal error\n",
+        };
+        *res.body_mut() = Body::from(body);
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
