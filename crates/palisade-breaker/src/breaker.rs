@@ -1,8 +1,8 @@
 //! The shared breaker: state machine, permits and the control handle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -12,6 +12,7 @@ use crate::config::{Config, FailureMode};
 use crate::error::Rejected;
 use crate::metrics::Metrics;
 use crate::state::{Reason, State, Transition};
+use crate::sync::{AtomicU32, AtomicU64, Mutex};
 use crate::window::{Window, WindowCounts};
 
 // The state word packs the state (low 3 bits) with a generation that grows on
@@ -308,7 +309,7 @@ impl Shared {
         nanos(self.config.clock.now())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Locked> {
+    fn lock(&self) -> impl std::ops::DerefMut<Target = Locked> + '_ {
         // The lock guards plain counters that are consistent after every
         // statement; a panic elsewhere cannot leave them torn.
         self.locked.lock().unwrap_or_else(PoisonError::into_inner)
@@ -733,3 +734,6 @@ impl Drop for Permit {
         }
     }
 }
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests;

@@ -342,7 +342,7 @@ impl TimeWindow {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, palisade_loom))]
 mod loom_tests;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(palisade_loom)))]
 mod tests;

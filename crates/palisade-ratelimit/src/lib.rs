@@ -97,6 +97,7 @@ pub mod metrics;
 mod policy;
 mod quota;
 mod service;
+mod sync;
 
 #[cfg(feature = "http")]
 pub mod http;

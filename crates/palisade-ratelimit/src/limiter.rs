@@ -1,6 +1,8 @@
 //! The direct (unkeyed) limiter: one TAT word, updated lock-free.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicBool, AtomicU64};
 
 use crate::{
     Clock, Decision, Quota,
@@ -237,3 +239,6 @@ impl Limiter {
             });
     }
 }
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests;

@@ -1,4 +1,4 @@
-//! Every interleaving of the windows' lock-free paths (`--cfg loom`; run by
+//! Every interleaving of the windows' lock-free paths (`--cfg palisade_loom`; run by
 //! `scripts/loom.sh`).
 
 use std::sync::Arc;
