@@ -9,38 +9,14 @@ use tokio::sync::Notify;
 
 use crate::classify::Outcome;
 use crate::config::{Config, FailureMode};
+use crate::counts::WindowCounts;
+use crate::decide;
 use crate::error::Rejected;
 use crate::metrics::Metrics;
 use crate::state::{Reason, State, Transition};
 use crate::sync::{AtomicU32, AtomicU64, Mutex};
-use crate::window::{Window, WindowCounts};
-
-// The state word packs the state (low 3 bits) with a generation that grows on
-// every transition. A permit remembers the word it was admitted under, and its
-// outcome is recorded only if the word is unchanged: an outcome from a closed
-// period that has since ended (or from an earlier half-open round) can never
-// pollute the current one.
-const STATE_BITS: u32 = 3;
-const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
-
-const fn pack(state: State, generation: u64) -> u64 {
-    (generation << STATE_BITS) | state.code()
-}
-
-const fn state_of(word: u64) -> State {
-    State::from_code(word & STATE_MASK)
-}
-
-const fn generation_of(word: u64) -> u64 {
-    word >> STATE_BITS
-}
-
-// Half-open probe slots: the low 32 bits of the generation (high half) and
-// the number of slots taken (low half), so a late release from an earlier
-// half-open round can never free a slot of the current one.
-const fn probes_word(generation: u64, taken: u64) -> u64 {
-    ((generation & 0xFFFF_FFFF) << 32) | taken
-}
+use crate::window::Window;
+use crate::word::{generation_of, pack, probes_word, state_of};
 
 /// A circuit breaker: the shared state and the handle to control it.
 ///
@@ -439,24 +415,11 @@ impl Shared {
         }
     }
 
-    /// The wait of the current opening: exponential in the number of openings
-    /// since the last clean close, capped, then shortened by up to the jitter
-    /// fraction (jitter never pushes it past the cap).
+    /// The wait of the current opening (see [`decide::backoff`]), with this
+    /// breaker's jitter draw.
     fn backoff(&self, locked: &mut Locked) -> Duration {
-        let c = &self.config;
-        let exponent = locked.openings.saturating_sub(1).min(1024) as i32;
-        let grown = c.wait_duration.as_secs_f64() * c.wait_multiplier.powi(exponent);
-        let capped = grown.min(c.max_wait_duration.as_secs_f64());
-        let base = if grown >= c.max_wait_duration.as_secs_f64() {
-            c.max_wait_duration
-        } else {
-            Duration::from_secs_f64(capped)
-        };
-        if c.wait_jitter == 0.0 {
-            return base;
-        }
         let unit = (splitmix64(&mut locked.rng) >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(1.0 - c.wait_jitter * unit)
+        decide::backoff(&self.config, locked.openings, unit)
     }
 
     fn emit(&self, t: Transition) {
@@ -557,19 +520,10 @@ impl Shared {
     }
 
     fn rate_reason(&self, c: WindowCounts, failure_threshold: Option<f64>) -> Option<Reason> {
-        if c.calls < self.minimum_calls {
-            return None;
-        }
-        let calls = c.calls as f64;
-        if failure_threshold.is_some_and(|t| c.failures as f64 >= t * calls) {
-            return Some(Reason::FailureRate);
-        }
-        if self.slow_nanos.is_some()
-            && c.slow_calls as f64 >= self.config.slow_call_rate_threshold * calls
-        {
-            return Some(Reason::SlowCallRate);
-        }
-        None
+        let slow_threshold = self
+            .slow_nanos
+            .map(|_| self.config.slow_call_rate_threshold);
+        decide::rate_reason(c, self.minimum_calls, failure_threshold, slow_threshold)
     }
 
     /// A probe's outcome: rare, so it is tallied under the lock, which also
@@ -601,35 +555,16 @@ impl Shared {
         }
     }
 
-    /// Decides a half-open round as soon as its result is certain: re-open
-    /// once the failures (or slow probes) among the `n` probes reach the
-    /// threshold; close once they cannot reach it even if every remaining
-    /// probe fails.
     fn probe_decision(&self, t: WindowCounts) -> Option<(State, Reason)> {
-        let n = u64::from(self.config.half_open_probes);
-        let remaining = n.saturating_sub(t.calls);
         let slow_threshold = self
             .slow_nanos
-            .map(|_| self.config.slow_call_rate_threshold * n as f64);
-        let (fails_open, fails_may_open) = match self.config.failure_mode {
-            FailureMode::Consecutive { .. } => (t.failures >= 1, t.failures + remaining >= 1),
-            FailureMode::Rate { threshold } => {
-                let limit = threshold * n as f64;
-                (
-                    t.failures as f64 >= limit,
-                    (t.failures + remaining) as f64 >= limit,
-                )
-            }
-        };
-        let slow_open = slow_threshold.is_some_and(|l| t.slow_calls as f64 >= l);
-        let slow_may_open = slow_threshold.is_some_and(|l| (t.slow_calls + remaining) as f64 >= l);
-        if fails_open || slow_open {
-            Some((State::Open, Reason::ProbesFailed))
-        } else if !fails_may_open && !slow_may_open {
-            Some((State::Closed, Reason::ProbesSucceeded))
-        } else {
-            None
-        }
+            .map(|_| self.config.slow_call_rate_threshold);
+        decide::probe_decision(
+            t,
+            self.config.half_open_probes,
+            self.config.failure_mode,
+            slow_threshold,
+        )
     }
 }
 

@@ -104,6 +104,8 @@ mod breaker;
 mod classify;
 mod clock;
 mod config;
+mod counts;
+mod decide;
 mod error;
 mod future;
 mod keyed;
@@ -113,6 +115,7 @@ mod service;
 mod state;
 mod sync;
 mod window;
+mod word;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -123,13 +126,13 @@ pub use clock::{Clock, DefaultClock, TokioClock};
 pub use config::{
     Config, ConfigBuilder, FailureMode, MAX_WINDOW_SIZE, OnTransition, SlidingWindow,
 };
+pub use counts::WindowCounts;
 pub use error::{ConfigError, Rejected};
 pub use future::ResponseFuture;
 pub use keyed::{KeyedBreakers, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
-pub use layer::{CircuitBreakerLayer, ReadyMode};
-pub use service::CircuitBreaker;
+pub use layer::CircuitBreakerLayer;
+pub use service::{CircuitBreaker, ReadyMode};
 pub use state::{Reason, State, Transition};
-pub use window::WindowCounts;
 
 /// The error type of the services: the inner error or a [`Rejected`]. The
 /// one definition all palisade crates share (the same type as
