@@ -255,6 +255,13 @@ impl Breaker {
         &self.shared.notify
     }
 
+    /// Whether nothing but this handle refers to the breaker (no other
+    /// handle, no permit, no call in flight) and it is closed: what a keyed
+    /// set may evict without losing anything that matters.
+    pub(crate) fn is_idle_and_closed(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1 && self.state() == State::Closed
+    }
+
     /// Whether `permit` was admitted under the current state word: a permit
     /// reserved before any transition since (the breaker opened, was reset,
     /// or a half-open round ended) is stale and must not admit a call.

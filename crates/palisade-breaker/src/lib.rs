@@ -88,6 +88,7 @@
 //! | `palisade_breaker_slow_calls_total` | counter | calls at or over the slow-call duration |
 //! | `palisade_breaker_rejected_total` | counter | calls rejected without reaching the service |
 //! | `palisade_breaker_transitions_total` | counter | transitions, labels `from`, `to` |
+//! | `palisade_breaker_evicted_total` | counter | idle closed per-key breakers evicted to make room for a new key |
 //!
 //! # Feature `http`
 //!
