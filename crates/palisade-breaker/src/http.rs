@@ -1,5 +1,10 @@
 //! HTTP mapping (feature `http`): 5xx responses as failures, rejections as
-//! `503 Service Unavailable` with `Retry-After`.
+//! `503 Service Unavailable` with `Retry-After`, and [`BodyEndLayer`] to
+//! classify a response when its body ends instead of at its head.
+
+mod body_end;
+
+pub use body_end::{BodyEnd, BodyEndFuture, BodyEndLayer, BreakerBody};
 
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
