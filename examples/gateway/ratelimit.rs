@@ -305,8 +305,10 @@ pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
                     })
                     .build()
                     .map_err(|e| ConfigError::key("ratelimit.redis_url", e))?;
-                redis =
-                    Some(RedisRateLimitLayer::new(Arc::new(limiter), extractor).headers(headers));
+                // As for the local limit: a missing key header is allowed.
+                let header = matches!(extractor, ClientKey::Header(_));
+                let layer = RedisRateLimitLayer::new(Arc::new(limiter), extractor).headers(headers);
+                redis = Some(if header { layer.allow_missing() } else { layer });
             }
             None => {
                 let limiter = KeyedLimiter::builder(quota)
