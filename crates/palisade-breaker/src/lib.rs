@@ -94,7 +94,9 @@
 //!
 //! [`http::HttpClassifier`] counts 5xx responses (a configurable set) as
 //! failures, and [`http::rejected_response`] turns a rejection into `503
-//! Service Unavailable` with `Retry-After` rounded up to whole seconds.
+//! Service Unavailable` with `Retry-After` rounded up to whole seconds (never
+//! 0). [`http::BodyEndLayer`] classifies a response when its body ends, so a
+//! `200` whose body fails mid-stream counts as a failure.
 //!
 //! See `docs/circuit-breaker.md` for every knob, choosing the window, and how
 //! to order the breaker with retries, timeouts and rate limiting.
