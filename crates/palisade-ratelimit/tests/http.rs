@@ -302,6 +302,8 @@ async fn a_missing_key_is_a_500_logged_once_and_counted_unless_allowed() {
         )
     });
 
+    let errors = ErrorEvents::default();
+    let _subscriber = tracing::subscriber::set_default(errors.clone());
     let svc = ServiceBuilder::new()
         .layer(HttpRateLimitLayer::new(strict))
         .service(ok_service());
@@ -311,6 +313,7 @@ async fn a_missing_key_is_a_500_logged_once_and_counted_unless_allowed() {
         assert_eq!(response.body(), "");
     }
     assert_eq!(missing_total(), 2);
+    assert_eq!(errors.count(), 1, "logged once per policy");
 
     // The tower layer refuses with a typed error naming the extension.
     let policy = metrics::with_local_recorder(&recorder, || PerKey::new(limiter(), PeerIp::new()));
@@ -387,4 +390,33 @@ fn header_keys_own_a_bounded_copy_not_the_request_buffer() {
     );
     let short = HeaderKey::new(name.clone()).max_len(40);
     assert_eq!(short.extract(&long(b'1')).unwrap().len(), 40);
+}
+
+/// Counts error-level events (a minimal subscriber, enough to pin "logged
+/// once").
+#[derive(Clone, Default)]
+struct ErrorEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ErrorEvents {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl tracing::Subscriber for ErrorEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
