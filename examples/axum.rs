@@ -69,7 +69,7 @@ use hyper::body::Incoming;
 use palisade_breaker::http::HttpClassifier;
 use palisade_breaker::{Breaker, CircuitBreakerLayer, Config};
 use palisade_ratelimit::http::{Headers, HttpRateLimitLayer, PeerIp};
-use palisade_ratelimit::{KeyedLimiter, Limiter, PerKey, Quota, RateLimitLayer, RateLimited};
+use palisade_ratelimit::{KeyedLimiter, Limiter, PerKey, Quota, RateLimitLayer};
 use palisade_shutdown::http::{DrainBody, HttpDrainLayer};
 use palisade_shutdown::server::Server;
 use palisade_shutdown::{Drain, DrainToken, Phase, Shutdown};
@@ -186,7 +186,7 @@ async fn run(args: Args) -> Result<u8, BoxError> {
 
     let state = Arc::new(AppState::default());
     let drain = Drain::new();
-    let app = app(&args, state, drain)?;
+    let app = app(&args, state, drain.clone())?;
 
     // Each request gets its peer address in both forms the ecosystem reads:
     // the plain `SocketAddr` extension that palisade-ratelimit's
@@ -321,17 +321,15 @@ fn app(
 /// Maps the layers' errors to responses. Handlers answer with responses, so
 /// only errors of the layers reach here.
 async fn handle_error(err: BoxError) -> Response {
-    if let Some(rejected) = err.downcast_ref::<palisade_breaker::Rejected>() {
-        // 503 + Retry-After (seconds until the next probe, rounded up).
-        let mut res: Response = palisade_breaker::http::rejected_response(rejected);
-        *res.body_mut() = Body::from("circuit open\n");
-        return res;
-    }
-    if let Some(limited) = err.downcast_ref::<RateLimited>() {
-        // 429 + Retry-After (rounded up, at least 1) + RateLimit fields.
-        let mut res: Response =
-            palisade_ratelimit::http::too_many_requests(limited, &Headers::default());
-        *res.body_mut() = Body::from("too many requests\n");
+    // Every palisade error: 503 + Retry-After for an open breaker, 429 +
+    // Retry-After (rounded up, at least 1) + RateLimit fields for a limit.
+    if let Some(mut res) = palisade::http::error_response::<Body>(&err) {
+        let body = match res.status() {
+            StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
+            StatusCode::SERVICE_UNAVAILABLE => "circuit open\n",
+            _ => "internal error\n",
+        };
+        *res.body_mut() = Body::from(body);
         return res;
     }
     if err.is::<tower::load_shed::error::Overloaded>() {

@@ -15,3 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --all-features "$@"
+
+# The loom models of the lock-free paths (a few minutes: mostly building the
+# dependencies once more under the loom cfg). PALISADE_SKIP_LOOM=1 skips them.
+if [ "${PALISADE_SKIP_LOOM:-0}" != "1" ]; then
+  scripts/loom.sh
+fi

@@ -37,6 +37,12 @@ pub use palisade_batch as batch;
 #[doc(inline)]
 pub use palisade_fanout as fanout;
 
+pub mod http;
+
+/// The error type of every palisade service (the same type as
+/// `tower::BoxError`).
+pub use palisade_core::BoxError;
+
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

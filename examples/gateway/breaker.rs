@@ -11,15 +11,12 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use palisade::breaker::http::{HttpClassifier, rejected_response};
-use palisade::breaker::{
-    Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Rejected,
-};
+use palisade::breaker::http::HttpClassifier;
+use palisade::breaker::{Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer};
 use serde::Deserialize;
 
-use crate::body::Body;
 use crate::config::{ConfigDuration, ConfigError};
 use crate::proxy::Upstream;
 
@@ -184,16 +181,4 @@ fn classifier(config: &BreakerConfig) -> Result<HttpClassifier, ConfigError> {
         }
         HttpClassifier::from_statuses(statuses)
     })
-}
-
-/// The response for a request an open breaker rejected: 503 with
-/// `Retry-After` (none when an operator forced the breaker open).
-pub fn rejected(rejected: &Rejected) -> Response<Body> {
-    let mut res: Response<Body> = rejected_response(rejected);
-    *res.body_mut() = Body::from("service unavailable\n");
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
 }

@@ -186,7 +186,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         }),
         upstream_metrics,
         upstreams,
-        drain,
+        drain: drain.clone(),
         ratelimit,
         breaker,
         items,

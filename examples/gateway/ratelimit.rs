@@ -166,6 +166,13 @@ impl<B> KeyExtractor<http::Request<B>> for ClientKey {
                 .map(|v| ClientKeyValue::Header(v.as_bytes().into())),
         }
     }
+
+    fn missing(&self) -> &'static str {
+        match self {
+            Self::Ip(ip) => KeyExtractor::<http::Request<B>>::missing(ip),
+            Self::Header(h) => KeyExtractor::<http::Request<B>>::missing(h),
+        }
+    }
 }
 
 /// A per-client key value.
@@ -254,9 +261,13 @@ fn client_key(config: &RateLimitConfig, key: &str) -> Result<ClientKey, ConfigEr
     }
     match key {
         "client_ip" => Ok(ClientKey::Ip(ip)),
-        "peer_ip" => Ok(ClientKey::Ip(
-            ClientIp::new([]).ipv6_prefix(config.ipv6_prefix.unwrap_or(128)),
-        )),
+        "peer_ip" => {
+            let mut peer = ClientIp::new([]);
+            if let Some(bits) = config.ipv6_prefix {
+                peer = peer.ipv6_prefix(bits);
+            }
+            Ok(ClientKey::Ip(peer))
+        }
         _ => match key.strip_prefix("header:").map(HeaderName::try_from) {
             Some(Ok(name)) => Ok(ClientKey::Header(HeaderKey::new(name))),
             _ => Err(ConfigError::key(
@@ -294,8 +305,10 @@ pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
                     })
                     .build()
                     .map_err(|e| ConfigError::key("ratelimit.redis_url", e))?;
-                redis =
-                    Some(RedisRateLimitLayer::new(Arc::new(limiter), extractor).headers(headers));
+                // As for the local limit: a missing key header is allowed.
+                let header = matches!(extractor, ClientKey::Header(_));
+                let layer = RedisRateLimitLayer::new(Arc::new(limiter), extractor).headers(headers);
+                redis = Some(if header { layer.allow_missing() } else { layer });
             }
             None => {
                 let limiter = KeyedLimiter::builder(quota)
@@ -304,7 +317,15 @@ pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
                     .shadow(config.shadow)
                     .build()
                     .map_err(|e| ConfigError::key(&format!("ratelimit.{}", e.field()), e))?;
-                per_client = Some(PerKey::new(limiter, extractor));
+                // A client may omit the key header: it is then bounded by the
+                // global limit only. A missing peer address is a bug: 500.
+                let header = matches!(extractor, ClientKey::Header(_));
+                let policy = PerKey::new(limiter, extractor);
+                per_client = Some(if header {
+                    policy.allow_missing()
+                } else {
+                    policy
+                });
             }
         }
     }

@@ -140,67 +140,55 @@ pub fn build(
 /// The response for an error from the layers below [`ErrorResponseLayer`].
 /// Bodies are short and fixed: details go to the log, never to the client.
 ///
-/// A pattern whose layer fails with its own error adds a downcast here
-/// (its crate's `http` module builds the 429/503 with `Retry-After`).
+/// Every palisade error (an open breaker's 503, a draining server's 503 with
+/// `Connection: close`, a rate limit's 429) is mapped by
+/// `palisade::http::error_response`; the gateway only adds its short body.
 pub fn error_response(err: &BoxError) -> Response<Body> {
-    response_for(&**err)
-}
-
-fn response_for(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Response<Body> {
-    if let Some(batch) = err.downcast_ref::<palisade::batch::Error>() {
-        return match batch {
-            // The batch's upstream call failed: answer as that call's own
-            // error would have been answered (502, 503 from an open
-            // breaker, 504).
-            palisade::batch::Error::Failed(cause) => response_for(cause.inner()),
-            other => {
-                let mut res: Response<Body> = palisade::batch::http::error_response(other);
-                *res.body_mut() = Body::from(match res.status() {
-                    StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
-                    StatusCode::BAD_GATEWAY => "bad gateway\n",
-                    _ => "internal error\n",
-                });
-                res.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                res
+    if let Some(mut res) = palisade::http::error_response::<Body>(err) {
+        let body = match res.status() {
+            StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
+            StatusCode::SERVICE_UNAVAILABLE if res.headers().contains_key(header::CONNECTION) => {
+                "draining\n"
             }
+            StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
+            _ => "internal error\n",
         };
-    }
-    if let Some(rejected) = err.downcast_ref::<palisade_breaker::Rejected>() {
-        return crate::breaker::rejected(rejected);
-    }
-    if let Some(palisade_shutdown::Error::Draining) = err.downcast_ref() {
-        // 503 + Retry-After + Connection: close (hyper drops that header on
-        // HTTP/2, where the connection's GOAWAY does the job).
-        let mut res: Response<Body> = palisade_shutdown::http::draining_response(
-            palisade_shutdown::http::DEFAULT_RETRY_AFTER,
-            http::Version::HTTP_11,
-        );
-        *res.body_mut() = Body::from("draining\n");
+        *res.body_mut() = Body::from(body);
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         return res;
     }
-    let (status, body) = if err.is::<tower::timeout::error::Elapsed>() {
-        (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
-    } else if err.is::<crate::batch::FetchError>() || err.is::<hyper_util::client::legacy::Error>()
-    {
-        (StatusCode::BAD_GATEWAY, "bad gateway\n")
-    } else if let Some(e) = err.downcast_ref::<ProxyError>() {
-        match e {
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => {
-                (StatusCode::BAD_GATEWAY, "bad gateway\n")
-            }
-            ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    // Not a palisade error: the gateway's own, possibly wrapped (a failed
+    // batch carries its upstream call's error as its source).
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+    let mut answer = None;
+    while let Some(e) = current {
+        answer = if e.is::<tower::timeout::error::Elapsed>() {
+            Some((StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"))
+        } else if e.is::<crate::batch::FetchError>() || e.is::<hyper_util::client::legacy::Error>()
+        {
+            Some((StatusCode::BAD_GATEWAY, "bad gateway\n"))
+        } else if let Some(p) = e.downcast_ref::<ProxyError>() {
+            Some(match p {
+                ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                    (StatusCode::BAD_GATEWAY, "bad gateway\n")
+                }
+                ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+            })
+        } else {
+            None
+        };
+        if answer.is_some() {
+            break;
         }
-    } else {
-        tracing::error!(error = %ErrorChain(err), "unexpected error in the gateway stack");
+        current = e.source();
+    }
+    let (status, body) = answer.unwrap_or_else(|| {
+        tracing::error!(error = %ErrorChain(&**err), "unexpected error in the gateway stack");
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-    };
+    });
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;
     res.headers_mut().insert(

@@ -6,12 +6,20 @@
 //! | [`Error::Failed`], [`Error::LengthMismatch`] | `502 Bad Gateway`: the backend behind the batcher failed |
 //! | [`Error::Panicked`] | `500 Internal Server Error` |
 //!
-//! `Retry-After` follows the one rule every palisade crate uses: whole
-//! seconds, rounded up, never 0.
+//! `Retry-After` follows the one rule every palisade crate uses
+//! ([`palisade_core::retry_after_secs`]: whole seconds, rounded up, never 0),
+//! applied to [`DEFAULT_RETRY_AFTER`].
+
+use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::error::Error;
+
+/// The wait a 503 suggests: a closed batcher belongs to a process that is
+/// shutting down or whose backend died, so another instance should be tried
+/// soon.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The status an item's failure maps to (see the module docs).
 pub fn status(err: &Error) -> StatusCode {
@@ -27,8 +35,9 @@ pub fn error_response<B: Default>(err: &Error) -> Response<B> {
     let mut res = Response::new(B::default());
     *res.status_mut() = status(err);
     if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+        let secs = palisade_core::retry_after_secs(DEFAULT_RETRY_AFTER);
         res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     res
 }

@@ -1,45 +1,22 @@
 //! The shared breaker: state machine, permits and the control handle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::classify::Outcome;
 use crate::config::{Config, FailureMode};
+use crate::counts::WindowCounts;
+use crate::decide;
 use crate::error::Rejected;
 use crate::metrics::Metrics;
 use crate::state::{Reason, State, Transition};
-use crate::window::{Window, WindowCounts};
-
-// The state word packs the state (low 3 bits) with a generation that grows on
-// every transition. A permit remembers the word it was admitted under, and its
-// outcome is recorded only if the word is unchanged: an outcome from a closed
-// period that has since ended (or from an earlier half-open round) can never
-// pollute the current one.
-const STATE_BITS: u32 = 3;
-const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
-
-const fn pack(state: State, generation: u64) -> u64 {
-    (generation << STATE_BITS) | state.code()
-}
-
-const fn state_of(word: u64) -> State {
-    State::from_code(word & STATE_MASK)
-}
-
-const fn generation_of(word: u64) -> u64 {
-    word >> STATE_BITS
-}
-
-// Half-open probe slots: the low 32 bits of the generation (high half) and
-// the number of slots taken (low half), so a late release from an earlier
-// half-open round can never free a slot of the current one.
-const fn probes_word(generation: u64, taken: u64) -> u64 {
-    ((generation & 0xFFFF_FFFF) << 32) | taken
-}
+use crate::sync::{AtomicU32, AtomicU64, Mutex};
+use crate::window::Window;
+use crate::word::{generation_of, pack, probes_word, state_of};
 
 /// A circuit breaker: the shared state and the handle to control it.
 ///
@@ -138,9 +115,27 @@ impl Breaker {
         state_of(self.shared.state.load(Ordering::Acquire))
     }
 
-    /// The sliding window's totals now.
+    /// The totals the breaker decides on now, which depend on the state:
+    ///
+    /// - Closed, MetricsOnly: the sliding window.
+    /// - Open, ForcedOpen, Disabled: the sliding window as it was when the
+    ///   breaker left Closed (nothing records; a time window still expires
+    ///   its buckets).
+    /// - HalfOpen: the current half-open round's probes only (completed
+    ///   probes, their failures and slow calls), starting from zero when the
+    ///   round starts. The window from before the opening is not current
+    ///   and is not reported.
     pub fn counts(&self) -> WindowCounts {
-        self.shared.window.counts(self.shared.now())
+        let shared = &self.shared;
+        let word = shared.state.load(Ordering::Acquire);
+        if state_of(word) == State::HalfOpen {
+            let locked = shared.lock();
+            // The tally belongs to the round of `word` only while it lasts.
+            if shared.state.load(Ordering::Acquire) == word {
+                return locked.tally;
+            }
+        }
+        shared.window.counts(shared.now())
     }
 
     /// Number of openings since the last clean close (what the backoff grows
@@ -260,6 +255,21 @@ impl Breaker {
         &self.shared.notify
     }
 
+    /// Whether nothing but this handle refers to the breaker (no other
+    /// handle, no permit, no call in flight) and it is closed: what a keyed
+    /// set may evict without losing anything that matters.
+    pub(crate) fn is_idle_and_closed(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1 && self.state() == State::Closed
+    }
+
+    /// Whether `permit` was admitted under the current state word: a permit
+    /// reserved before any transition since (the breaker opened, was reset,
+    /// or a half-open round ended) is stale and must not admit a call.
+    #[inline]
+    pub(crate) fn is_current(&self, permit: &Permit) -> bool {
+        self.shared.state.load(Ordering::Acquire) == permit.word
+    }
+
     /// Whether a call made now would be admitted by state alone, without
     /// taking a probe slot (used by the waiting readiness mode).
     pub(crate) fn is_closed_like(&self) -> bool {
@@ -282,7 +292,7 @@ impl Shared {
         nanos(self.config.clock.now())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Locked> {
+    fn lock(&self) -> impl std::ops::DerefMut<Target = Locked> + '_ {
         // The lock guards plain counters that are consistent after every
         // statement; a panic elsewhere cannot leave them torn.
         self.locked.lock().unwrap_or_else(PoisonError::into_inner)
@@ -388,8 +398,11 @@ impl Shared {
                     .store(probes_word(generation, 0), Ordering::Release);
             }
             State::Closed | State::MetricsOnly => {
-                // Nothing records while the state word says otherwise, so the
-                // window can be emptied without racing recorders.
+                // Recorders admitted under the previous word drop their
+                // outcome once they see the new one, but one that checked
+                // just before may still be recording (when leaving Closed or
+                // MetricsOnly by hand): `clear` swaps slots out, so that
+                // record is cleared or kept whole, never half-counted.
                 self.window.clear();
                 self.consecutive.store(0, Ordering::Release);
                 if to == State::Closed {
@@ -409,24 +422,11 @@ impl Shared {
         }
     }
 
-    /// The wait of the current opening: exponential in the number of openings
-    /// since the last clean close, capped, then shortened by up to the jitter
-    /// fraction (jitter never pushes it past the cap).
+    /// The wait of the current opening (see [`decide::backoff`]), with this
+    /// breaker's jitter draw.
     fn backoff(&self, locked: &mut Locked) -> Duration {
-        let c = &self.config;
-        let exponent = locked.openings.saturating_sub(1).min(1024) as i32;
-        let grown = c.wait_duration.as_secs_f64() * c.wait_multiplier.powi(exponent);
-        let capped = grown.min(c.max_wait_duration.as_secs_f64());
-        let base = if grown >= c.max_wait_duration.as_secs_f64() {
-            c.max_wait_duration
-        } else {
-            Duration::from_secs_f64(capped)
-        };
-        if c.wait_jitter == 0.0 {
-            return base;
-        }
         let unit = (splitmix64(&mut locked.rng) >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(1.0 - c.wait_jitter * unit)
+        decide::backoff(&self.config, locked.openings, unit)
     }
 
     fn emit(&self, t: Transition) {
@@ -527,19 +527,10 @@ impl Shared {
     }
 
     fn rate_reason(&self, c: WindowCounts, failure_threshold: Option<f64>) -> Option<Reason> {
-        if c.calls < self.minimum_calls {
-            return None;
-        }
-        let calls = c.calls as f64;
-        if failure_threshold.is_some_and(|t| c.failures as f64 >= t * calls) {
-            return Some(Reason::FailureRate);
-        }
-        if self.slow_nanos.is_some()
-            && c.slow_calls as f64 >= self.config.slow_call_rate_threshold * calls
-        {
-            return Some(Reason::SlowCallRate);
-        }
-        None
+        let slow_threshold = self
+            .slow_nanos
+            .map(|_| self.config.slow_call_rate_threshold);
+        decide::rate_reason(c, self.minimum_calls, failure_threshold, slow_threshold)
     }
 
     /// A probe's outcome: rare, so it is tallied under the lock, which also
@@ -571,35 +562,16 @@ impl Shared {
         }
     }
 
-    /// Decides a half-open round as soon as its result is certain: re-open
-    /// once the failures (or slow probes) among the `n` probes reach the
-    /// threshold; close once they cannot reach it even if every remaining
-    /// probe fails.
     fn probe_decision(&self, t: WindowCounts) -> Option<(State, Reason)> {
-        let n = u64::from(self.config.half_open_probes);
-        let remaining = n.saturating_sub(t.calls);
         let slow_threshold = self
             .slow_nanos
-            .map(|_| self.config.slow_call_rate_threshold * n as f64);
-        let (fails_open, fails_may_open) = match self.config.failure_mode {
-            FailureMode::Consecutive { .. } => (t.failures >= 1, t.failures + remaining >= 1),
-            FailureMode::Rate { threshold } => {
-                let limit = threshold * n as f64;
-                (
-                    t.failures as f64 >= limit,
-                    (t.failures + remaining) as f64 >= limit,
-                )
-            }
-        };
-        let slow_open = slow_threshold.is_some_and(|l| t.slow_calls as f64 >= l);
-        let slow_may_open = slow_threshold.is_some_and(|l| (t.slow_calls + remaining) as f64 >= l);
-        if fails_open || slow_open {
-            Some((State::Open, Reason::ProbesFailed))
-        } else if !fails_may_open && !slow_may_open {
-            Some((State::Closed, Reason::ProbesSucceeded))
-        } else {
-            None
-        }
+            .map(|_| self.config.slow_call_rate_threshold);
+        decide::probe_decision(
+            t,
+            self.config.half_open_probes,
+            self.config.failure_mode,
+            slow_threshold,
+        )
     }
 }
 
@@ -673,6 +645,16 @@ impl Permit {
         }
     }
 
+    /// Gives a reserved permit back without counting a call: a stale
+    /// reservation never made one, so it is not a cancellation either.
+    pub(crate) fn discard(mut self) {
+        if let Some(shared) = self.shared.take()
+            && state_of(self.word) == State::HalfOpen
+        {
+            shared.release_probe(generation_of(self.word));
+        }
+    }
+
     /// Shorthand for `record(Outcome::Success)`.
     pub fn success(self) {
         self.record(Outcome::Success);
@@ -694,3 +676,6 @@ impl Drop for Permit {
         }
     }
 }
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{Clock, DefaultClock};
 use crate::error::ConfigError;
 use crate::state::Transition;
 
@@ -171,7 +171,7 @@ impl Config {
 /// | [`wait_jitter`](Self::wait_jitter) | 0.1 |
 /// | [`half_open_probes`](Self::half_open_probes) | 5 |
 /// | [`max_half_open_duration`](Self::max_half_open_duration) | 30 s |
-/// | [`clock`](Self::clock) | [`TokioClock`] |
+/// | [`clock`](Self::clock) | [`DefaultClock`] (tokio time in a paused runtime, else a fast clock) |
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ConfigBuilder {
@@ -349,7 +349,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// The clock. Default [`TokioClock`].
+    /// The clock. Default [`DefaultClock`]: tokio time when built in a paused
+    /// runtime, else a fast monotonic clock; [`TokioClock`](crate::TokioClock)
+    /// always follows tokio.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
         self
@@ -480,7 +482,7 @@ impl ConfigBuilder {
             wait_jitter: self.wait_jitter,
             half_open_probes: self.half_open_probes,
             max_half_open_duration: self.max_half_open_duration,
-            clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
+            clock: self.clock.unwrap_or_else(|| Arc::new(DefaultClock::new())),
             on_transition: self.on_transition,
             seed: self.seed,
         })

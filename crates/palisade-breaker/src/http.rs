@@ -1,7 +1,10 @@
 //! HTTP mapping (feature `http`): 5xx responses as failures, rejections as
-//! `503 Service Unavailable` with `Retry-After`.
+//! `503 Service Unavailable` with `Retry-After`, and [`BodyEndLayer`] to
+//! classify a response when its body ends instead of at its head.
 
-use std::time::Duration;
+mod body_end;
+
+pub use body_end::{BodyEnd, BodyEndFuture, BodyEndLayer, BreakerBody};
 
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
@@ -67,12 +70,7 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
     }
 }
 
-/// Whole seconds for a `Retry-After` header: rounded up, and at least 1 (a
-/// rejection never invites an immediate retry).
-pub fn retry_after_secs(after: Duration) -> u64 {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    secs.max(1)
-}
+pub use palisade_core::retry_after_secs;
 
 /// The response for a rejected call: `503 Service Unavailable`, with
 /// `Retry-After` (seconds, rounded up) when the rejection knows when to retry

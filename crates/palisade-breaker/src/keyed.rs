@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
@@ -21,9 +22,17 @@ use crate::future::ResponseFuture;
 /// [`Config`].
 ///
 /// Breaker `k` is named `"{config name}/{k}"` (the `breaker` label of its
-/// metrics). Once `max_keys` breakers exist, further keys share one overflow
-/// breaker named `"{config name}/overflow"` (created on first use), so a flood of distinct keys
-/// cannot grow memory (or the metrics' cardinality) without bound.
+/// metrics). Once `max_keys` breakers exist, a new key first evicts the least
+/// recently used breaker that is **closed and idle** (no call in flight, no
+/// handle held outside the set), counted in
+/// [`EVICTED`](crate::metrics::EVICTED) and [`evictions`](Self::evictions);
+/// open, half-open and forced breakers are never evicted, so a failing key
+/// keeps its state. Only when none can be evicted do further keys share one
+/// overflow breaker named `"{config name}/overflow"` (created on first use),
+/// so a flood of distinct keys cannot grow memory (or the metrics'
+/// cardinality) without bound. Eviction scans the dynamic keys (O(`max_keys`)
+/// under the write lock), and only when the set is full and a new key
+/// arrives.
 ///
 /// Keys known up front ([`with_keys`](Self::with_keys), for example the
 /// configured upstreams) are looked up without any lock; keys created on first
@@ -32,8 +41,20 @@ pub struct KeyedBreakers<K> {
     config: Config,
     max_keys: usize,
     fixed: HashMap<K, Breaker>,
-    map: RwLock<HashMap<K, Breaker>>,
+    map: RwLock<HashMap<K, Entry>>,
     overflow: OnceLock<Breaker>,
+    /// Logical time of the last use of each dynamic key (a counter, not a
+    /// clock: only the order matters for least-recently-used eviction).
+    tick: AtomicU64,
+    evictions: AtomicU64,
+    evicted: metrics::Counter,
+}
+
+/// A dynamic key's breaker and when it was last used.
+#[derive(Debug)]
+struct Entry {
+    breaker: Breaker,
+    used: AtomicU64,
 }
 
 impl<K: fmt::Debug> fmt::Debug for KeyedBreakers<K> {
@@ -63,10 +84,13 @@ where
         }
         Ok(Self {
             overflow: OnceLock::new(),
+            evicted: metrics::counter!(crate::metrics::EVICTED, "breaker" => config.name().to_owned()),
             config,
             max_keys,
             fixed: HashMap::new(),
             map: RwLock::new(HashMap::new()),
+            tick: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -106,28 +130,67 @@ where
         if let Some(breaker) = self.fixed.get(key) {
             return breaker.clone();
         }
-        if let Some(breaker) = self
+        if let Some(entry) = self
             .map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
         {
-            return breaker.clone();
+            entry.used.store(self.now(), Ordering::Relaxed);
+            return entry.breaker.clone();
         }
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(breaker) = map.get(key) {
-            return breaker.clone();
+        if let Some(entry) = map.get(key) {
+            entry.used.store(self.now(), Ordering::Relaxed);
+            return entry.breaker.clone();
         }
-        if self.fixed.len() + map.len() >= self.max_keys {
+        if self.fixed.len() + map.len() >= self.max_keys && !self.evict_one(&mut map) {
             return self.overflow().clone();
         }
         let breaker = self.new_breaker(key);
-        map.insert(key.clone(), breaker.clone());
+        map.insert(
+            key.clone(),
+            Entry {
+                breaker: breaker.clone(),
+                used: AtomicU64::new(self.now()),
+            },
+        );
         breaker
     }
 
-    /// Asks the breaker of `key` for a permit, without cloning the breaker
-    /// handle (a key given up front takes no lock at all).
+    fn now(&self) -> u64 {
+        self.tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Removes the least recently used closed, idle breaker; `false` if
+    /// there is none. Runs under the write lock, so no lookup can hand out
+    /// the breaker while it is checked and removed.
+    #[cold]
+    fn evict_one(&self, map: &mut HashMap<K, Entry>) -> bool {
+        let victim = map
+            .iter()
+            .filter(|(_, entry)| entry.breaker.is_idle_and_closed())
+            .min_by_key(|(_, entry)| entry.used.load(Ordering::Relaxed))
+            .map(|(key, _)| key.clone());
+        let Some(key) = victim else {
+            return false;
+        };
+        map.remove(&key);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.evicted.increment(1);
+        tracing::debug!(
+            target: "palisade_breaker",
+            breaker = %self.config.name(), key = %key,
+            "evicted an idle closed breaker to make room for a new key"
+        );
+        true
+    }
+
+    /// Breakers evicted so far to make room for new keys.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
     fn acquire(&self, key: &K) -> Result<Permit, Rejected> {
         if let Some(breaker) = self.fixed.get(key) {
             return breaker.try_acquire();
@@ -146,7 +209,7 @@ where
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
-            .cloned()
+            .map(|entry| entry.breaker.clone())
     }
 
     /// The breaker shared by keys beyond `max_keys`.

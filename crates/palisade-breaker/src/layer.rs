@@ -4,28 +4,7 @@ use tower_layer::Layer;
 
 use crate::breaker::Breaker;
 use crate::classify::DefaultClassifier;
-use crate::service::CircuitBreaker;
-
-/// How `poll_ready` of [`CircuitBreaker`] behaves while the breaker rejects
-/// calls.
-///
-/// See `docs/circuit-breaker.md` ("Fail fast or wait") for when to use which.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ReadyMode {
-    /// `poll_ready` only delegates to the inner service; a rejected `call`
-    /// resolves at once to a [`Rejected`](crate::Rejected) error. The right
-    /// mode in front of a single upstream: the caller gets an answer
-    /// (a 503) in microseconds.
-    #[default]
-    FailFast,
-    /// `poll_ready` returns `Pending` while the breaker would reject, and
-    /// wakes when it may admit again (the wait elapsed, a probe slot freed,
-    /// the handle changed the state). A half-open probe slot is reserved in
-    /// `poll_ready` and consumed by `call`. For endpoints inside a
-    /// `tower::balance` balancer, which routes around unready endpoints.
-    /// Needs a tokio runtime with timers.
-    WaitWhileOpen,
-}
+use crate::service::{CircuitBreaker, ReadyMode};
 
 /// Wraps services in a [`CircuitBreaker`] that shares one [`Breaker`].
 ///

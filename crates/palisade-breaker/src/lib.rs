@@ -88,12 +88,15 @@
 //! | `palisade_breaker_slow_calls_total` | counter | calls at or over the slow-call duration |
 //! | `palisade_breaker_rejected_total` | counter | calls rejected without reaching the service |
 //! | `palisade_breaker_transitions_total` | counter | transitions, labels `from`, `to` |
+//! | `palisade_breaker_evicted_total` | counter | idle closed per-key breakers evicted to make room for a new key |
 //!
 //! # Feature `http`
 //!
 //! [`http::HttpClassifier`] counts 5xx responses (a configurable set) as
 //! failures, and [`http::rejected_response`] turns a rejection into `503
-//! Service Unavailable` with `Retry-After` rounded up to whole seconds.
+//! Service Unavailable` with `Retry-After` rounded up to whole seconds (never
+//! 0). [`http::BodyEndLayer`] classifies a response when its body ends, so a
+//! `200` whose body fails mid-stream counts as a failure.
 //!
 //! See `docs/circuit-breaker.md` for every knob, choosing the window, and how
 //! to order the breaker with retries, timeouts and rate limiting.
@@ -104,6 +107,8 @@ mod breaker;
 mod classify;
 mod clock;
 mod config;
+mod counts;
+mod decide;
 mod error;
 mod future;
 mod keyed;
@@ -111,24 +116,28 @@ mod layer;
 pub mod metrics;
 mod service;
 mod state;
+mod sync;
 mod window;
+mod word;
 
 #[cfg(feature = "http")]
 pub mod http;
 
 pub use breaker::{Breaker, Permit};
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, classify_fn};
-pub use clock::{Clock, TokioClock};
+pub use clock::{Clock, DefaultClock, TokioClock};
 pub use config::{
     Config, ConfigBuilder, FailureMode, MAX_WINDOW_SIZE, OnTransition, SlidingWindow,
 };
+pub use counts::WindowCounts;
 pub use error::{ConfigError, Rejected};
 pub use future::ResponseFuture;
 pub use keyed::{KeyedBreakers, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
-pub use layer::{CircuitBreakerLayer, ReadyMode};
-pub use service::CircuitBreaker;
+pub use layer::CircuitBreakerLayer;
+pub use service::{CircuitBreaker, ReadyMode};
 pub use state::{Reason, State, Transition};
-pub use window::WindowCounts;
 
-/// The error type of the services: the inner error or a [`Rejected`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of the services: the inner error or a [`Rejected`]. The
+/// one definition all palisade crates share (the same type as
+/// `tower::BoxError`).
+pub use palisade_core::BoxError;

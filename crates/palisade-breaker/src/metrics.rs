@@ -17,6 +17,10 @@ pub const SLOW_CALLS: &str = "palisade_breaker_slow_calls_total";
 pub const REJECTED: &str = "palisade_breaker_rejected_total";
 /// Counter: state transitions. Labels `breaker`, `from`, `to`.
 pub const TRANSITIONS: &str = "palisade_breaker_transitions_total";
+/// Counter: idle closed per-key breakers evicted to make room for a new key
+/// ([`KeyedBreakers`](crate::KeyedBreakers)). Label `breaker` (the
+/// configuration's name).
+pub const EVICTED: &str = "palisade_breaker_evicted_total";
 
 #[derive(Debug)]
 pub(crate) struct Metrics {

@@ -13,7 +13,27 @@ use crate::BoxError;
 use crate::breaker::{Breaker, Permit};
 use crate::classify::Classify;
 use crate::future::ResponseFuture;
-use crate::layer::ReadyMode;
+
+/// How `poll_ready` of [`CircuitBreaker`] behaves while the breaker rejects
+/// calls.
+///
+/// See `docs/circuit-breaker.md` ("Fail fast or wait") for when to use which.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// `poll_ready` only delegates to the inner service; a rejected `call`
+    /// resolves at once to a [`Rejected`](crate::Rejected) error. The right
+    /// mode in front of a single upstream: the caller gets an answer
+    /// (a 503) in microseconds.
+    #[default]
+    FailFast,
+    /// `poll_ready` returns `Pending` while the breaker would reject, and
+    /// wakes when it may admit again (the wait elapsed, a probe slot freed,
+    /// the handle changed the state). A half-open probe slot is reserved in
+    /// `poll_ready` and consumed by `call`. For endpoints inside a
+    /// `tower::balance` balancer, which routes around unready endpoints.
+    /// Needs a tokio runtime with timers.
+    WaitWhileOpen,
+}
 
 /// A service guarded by a circuit breaker; built by
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -73,8 +93,15 @@ impl<S, C> CircuitBreaker<S, C> {
     /// available ([`ReadyMode::WaitWhileOpen`]).
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if self.permit.is_some() {
-                return Poll::Ready(());
+            if let Some(permit) = self.permit.take() {
+                // A reservation is only as good as the state it was made in:
+                // a balancer may hold this service ready for a long time, and
+                // the breaker may have opened meanwhile.
+                if self.breaker.is_current(&permit) {
+                    self.permit = Some(permit);
+                    return Poll::Ready(());
+                }
+                permit.discard();
             }
             if self.wait.is_none()
                 && self.breaker.is_closed_like()
@@ -173,9 +200,20 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.mode {
             ReadyMode::FailFast => self.breaker.try_acquire(),
-            ReadyMode::WaitWhileOpen => Ok(self.permit.take().expect(
-                "CircuitBreaker::call without poll_ready returning Ready (the permit is reserved there)",
-            )),
+            ReadyMode::WaitWhileOpen => {
+                let permit = self.permit.take().expect(
+                    "CircuitBreaker::call without poll_ready returning Ready (the permit is reserved there)",
+                );
+                if self.breaker.is_current(&permit) {
+                    Ok(permit)
+                } else {
+                    // The state changed between `poll_ready` and `call`: the
+                    // call is decided by the state now, never by a stale
+                    // reservation.
+                    permit.discard();
+                    self.breaker.try_acquire()
+                }
+            }
         };
         match permit {
             Ok(permit) => {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::window::WindowCounts;
+use crate::counts::WindowCounts;
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,41 +8,12 @@
 //! Between those two steps another thread may observe a total that is briefly
 //! off by its in-flight records (even negative), so reads clamp at zero.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicI64, AtomicU8, AtomicU64, backoff};
 
 use crate::config::SlidingWindow;
-
-/// Totals of a window at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WindowCounts {
-    /// Outcomes in the window (successes and failures; ignored outcomes are
-    /// never recorded).
-    pub calls: u64,
-    /// Failures among them.
-    pub failures: u64,
-    /// Slow calls among them (successful or not).
-    pub slow_calls: u64,
-}
-
-impl WindowCounts {
-    /// `failures / calls`, or 0 for an empty window.
-    pub fn failure_rate(&self) -> f64 {
-        ratio(self.failures, self.calls)
-    }
-
-    /// `slow_calls / calls`, or 0 for an empty window.
-    pub fn slow_call_rate(&self) -> f64 {
-        ratio(self.slow_calls, self.calls)
-    }
-}
-
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
-}
+use crate::counts::WindowCounts;
 
 #[derive(Debug, Default)]
 struct Aggregate {
@@ -71,12 +42,6 @@ impl Aggregate {
             failures: get(&self.failures),
             slow_calls: get(&self.slow),
         }
-    }
-
-    fn clear(&self) {
-        self.calls.store(0, Ordering::Release);
-        self.failures.store(0, Ordering::Release);
-        self.slow.store(0, Ordering::Release);
     }
 }
 
@@ -125,8 +90,12 @@ impl Window {
         }
     }
 
-    /// Empties the window. Called under the breaker's transition lock when it
-    /// enters a state that records, while nothing records.
+    /// Empties the window. Called under the breaker's transition lock, but
+    /// recorders may still be running (a permit admitted just before
+    /// `reset()` from Closed, or any record while MetricsOnly): clearing swaps
+    /// each slot out and subtracts what it held, exactly like eviction, so a
+    /// record racing the clear is either cleared with its slot or survives
+    /// it, and the aggregate keeps equalling the slots.
     pub(crate) fn clear(&self) {
         match self {
             Window::Count(w) => w.clear(),
@@ -210,14 +179,20 @@ impl CountWindow {
     }
 
     fn clear(&self) {
+        let bit = |v: u8, b: u8| i64::from(v & b != 0);
         for slot in self.slots.iter() {
-            slot.store(EMPTY, Ordering::Relaxed);
+            let old = slot.swap(EMPTY, Ordering::AcqRel);
+            if old != EMPTY {
+                self.agg.add(-1, -bit(old, FAILED), -bit(old, SLOW));
+            }
         }
-        self.agg.clear();
     }
 }
 
 // === impl TimeWindow ===
+
+/// Low bit of [`TimeWindow::head`]: a thread is emptying buckets.
+const ADVANCING: u64 = 1;
 
 #[derive(Debug, Default)]
 struct Bucket {
@@ -232,10 +207,14 @@ struct Bucket {
 pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     width: u64,
-    /// The newest bucket index the window has advanced to. Whoever moves it
-    /// forward (one CAS winner) empties the buckets it skips over, so each
-    /// expired bucket is emptied exactly once: O(1) amortised per record,
-    /// at most `n` bucket swaps when time jumps.
+    /// The newest bucket index the window has advanced to, shifted left by
+    /// one; the low bit ([`ADVANCING`]) is set while one thread empties the
+    /// buckets it is about to move over. Whoever claims the bit (one CAS
+    /// winner) empties them *before* publishing the new head, so no record
+    /// can land in a bucket that is still to be emptied: records only go to
+    /// indices at or below a published head. Each expired bucket is emptied
+    /// exactly once: O(1) amortised per record, at most `n` bucket swaps when
+    /// time jumps, during which recorders of a newer bucket wait.
     head: AtomicU64,
     agg: Aggregate,
 }
@@ -258,21 +237,40 @@ impl TimeWindow {
         &self.buckets[(index % self.len()) as usize]
     }
 
-    fn advance(&self, to: u64) {
-        let mut head = self.head.load(Ordering::Acquire);
-        while to > head {
-            match self
-                .head
-                .compare_exchange_weak(head, to, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    let first = (head + 1).max(to.saturating_sub(self.len() - 1));
-                    for index in first..=to {
-                        self.empty(self.bucket(index));
+    /// Moves the head to at least `to` and returns the published head
+    /// (`>= to`).
+    fn advance(&self, to: u64) -> u64 {
+        let mut word = self.head.load(Ordering::Acquire);
+        let mut spins = 0u32;
+        loop {
+            let head = word >> 1;
+            if to <= head {
+                // Buckets at or below a published head are never emptied
+                // before they expire, even while a newer advance is running.
+                return head;
+            }
+            if word & ADVANCING == 0 {
+                match self.head.compare_exchange_weak(
+                    word,
+                    word | ADVANCING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        let first = (head + 1).max(to.saturating_sub(self.len() - 1));
+                        for index in first..=to {
+                            self.empty(self.bucket(index));
+                        }
+                        self.head.store(to << 1, Ordering::Release);
+                        return to;
                     }
-                    return;
+                    Err(actual) => word = actual,
                 }
-                Err(actual) => head = actual,
+            } else {
+                // Another thread is emptying at most `n` buckets; records
+                // for the buckets it publishes must wait for it.
+                backoff(&mut spins);
+                word = self.head.load(Ordering::Acquire);
             }
         }
     }
@@ -286,9 +284,12 @@ impl TimeWindow {
 
     fn record(&self, now: u64, failure: bool, slow: bool) -> Option<WindowCounts> {
         let index = now / self.width;
-        self.advance(index);
-        if index + self.len() <= self.head.load(Ordering::Acquire) {
+        if index + self.len() <= self.advance(index) {
             // Another thread already advanced past this outcome's bucket.
+            // (A record that passes this check just before its bucket
+            // expires may still land after the emptying and count one window
+            // too long: an over-count by in-flight records at the far edge,
+            // never a loss.)
             return None;
         }
         let bucket = self.bucket(index);
@@ -305,13 +306,12 @@ impl TimeWindow {
 
     fn clear(&self) {
         for bucket in self.buckets.iter() {
-            bucket.calls.store(0, Ordering::Relaxed);
-            bucket.failures.store(0, Ordering::Relaxed);
-            bucket.slow.store(0, Ordering::Relaxed);
+            self.empty(bucket);
         }
-        self.agg.clear();
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, palisade_loom))]
+mod loom_tests;
+#[cfg(all(test, not(palisade_loom)))]
 mod tests;

@@ -82,3 +82,79 @@ async fn server_errors_open_the_breaker_and_rejections_map_to_503() {
     let other: BoxError = "not a rejection".into();
     assert!(response_for_error::<()>(&*other).is_none());
 }
+
+type Frames = http_body_util::StreamBody<
+    futures_util::stream::Iter<
+        std::vec::IntoIter<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>,
+    >,
+>;
+
+/// A 200 whose body yields one chunk, then fails (`fail`) or ends.
+fn streamed(fail: bool) -> Response<Frames> {
+    let mut frames = vec![Ok(http_body::Frame::data(bytes::Bytes::from_static(
+        b"half",
+    )))];
+    if fail {
+        frames.push(Err(std::io::Error::other("upstream reset mid-body")));
+    }
+    Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
+async fn read_to_end<B: http_body::Body>(body: B) -> bool {
+    http_body_util::BodyExt::collect(body).await.is_ok()
+}
+
+// A 200 whose body fails mid-stream: classified at the head it counts as a
+// success (what CircuitBreakerLayer + HttpClassifier does), classified at
+// the body's end it counts as a failure.
+#[tokio::test(start_paused = true)]
+async fn body_end_classification_sees_a_body_failing_mid_stream() {
+    use palisade_breaker::http::BodyEndLayer;
+    let at_head = build(builder(&Log::default()).count_window(1).minimum_calls(1));
+    let at_end = build(builder(&Log::default()).count_window(1).minimum_calls(1));
+    let inner = tower::service_fn(|fail: http::Request<bool>| async move {
+        Ok::<_, BoxError>(streamed(*fail.body()))
+    });
+
+    let mut head = CircuitBreakerLayer::new(at_head.clone())
+        .classifier(HttpClassifier::default())
+        .layer(inner);
+    let response = head
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(true))
+        .await
+        .unwrap();
+    assert!(!read_to_end(response.into_body()).await);
+    assert_eq!(at_head.state(), State::Closed, "the head said 200");
+
+    let mut end = BodyEndLayer::new(at_end.clone()).layer(inner);
+    // A body read to its end is a success.
+    let ok = end.ready().await.unwrap().call(http::Request::new(false));
+    assert!(read_to_end(ok.await.unwrap().into_body()).await);
+    assert_eq!(at_end.counts().calls, 1);
+    assert_eq!(at_end.state(), State::Closed);
+    // The same 200 failing mid-body opens the breaker.
+    let failing = end.ready().await.unwrap().call(http::Request::new(true));
+    let response = failing.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        at_end.state(),
+        State::Closed,
+        "undecided until the body ends"
+    );
+    assert!(!read_to_end(response.into_body()).await);
+    assert_eq!(at_end.state(), State::Open);
+    // And a rejected call fails fast with Rejected.
+    let err = end
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(false))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Rejected>());
+}

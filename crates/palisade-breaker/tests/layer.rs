@@ -222,6 +222,38 @@ async fn wait_mode_is_pending_while_open_and_reserves_probe_slots() {
     assert!(second.poll_ready().is_ready());
 }
 
+// Before the fix, a permit reserved while closed stayed "ready" after the
+// breaker opened: a balancer's ready cache could still send a call through.
+#[tokio::test(start_paused = true)]
+async fn wait_mode_revalidates_a_permit_reserved_before_the_breaker_opened() {
+    let b = build(
+        builder(&Log::default())
+            .count_window(1)
+            .minimum_calls(1)
+            .wait_duration(10 * SEC),
+    );
+    let layer = CircuitBreakerLayer::new(b.clone()).ready_mode(ReadyMode::WaitWhileOpen);
+    let (mut svc, mut handle) = mock::spawn_with(|m: Mock<&str, &str>| layer.layer(m));
+    handle.allow(100);
+    // Reserved while closed, then the breaker opens under it.
+    assert!(svc.poll_ready().is_ready());
+    b.force_open();
+    assert!(
+        svc.poll_ready().is_pending(),
+        "a stale reservation is not readiness"
+    );
+    b.reset();
+    assert!(svc.is_woken());
+    assert!(svc.poll_ready().is_ready());
+
+    // Ready, then opened between `poll_ready` and `call`: the call is
+    // rejected without reaching the service.
+    b.force_open();
+    let err = svc.call("late").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Rejected>(), Some(&Rejected::ForcedOpen));
+    assert!(handle.poll_request().is_pending());
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_keys_and_bound_their_number() {
     let config = builder(&Log::default())
@@ -255,13 +287,30 @@ async fn keyed_breakers_isolate_keys_and_bound_their_number() {
         ),
         Rejected::Open { .. }
     ));
-    // A third key exceeds max_keys: it shares the overflow breaker.
+    // A third key exceeds max_keys. Before the fix it shared the overflow
+    // breaker with every later key, so one failing newcomer opened it for
+    // all of them. Now it evicts the least recently used idle closed
+    // breaker ("b"); the open "a" keeps its state.
     svc.ready().await.unwrap().call(("c", false)).await.unwrap();
-    svc.ready().await.unwrap().call(("d", false)).await.unwrap();
     assert_eq!(breakers.len(), 2);
+    assert!(breakers.get_existing(&"b").is_none());
+    assert_eq!(breakers.get_existing(&"c").unwrap().counts().calls, 1);
+    assert_eq!(breakers.get_existing(&"a").unwrap().state(), State::Open);
+    svc.ready().await.unwrap().call(("d", false)).await.unwrap();
     assert!(breakers.get_existing(&"c").is_none());
-    assert_eq!(breakers.overflow().counts().calls, 2);
+    assert_eq!(breakers.get_existing(&"d").unwrap().name(), "upstream/d");
+    assert_eq!(breakers.evictions(), 2);
+    assert_eq!(breakers.overflow().counts().calls, 0);
+
+    // A breaker with a call in flight is not idle, an open one is kept:
+    // with nothing evictable, a new key falls back to the overflow breaker.
+    let held = breakers.get(&"d");
+    svc.ready().await.unwrap().call(("e", false)).await.unwrap();
+    assert!(breakers.get_existing(&"e").is_none());
+    assert_eq!(breakers.overflow().counts().calls, 1);
     assert_eq!(breakers.overflow().name(), "upstream/overflow");
+    assert_eq!(breakers.evictions(), 2);
+    drop(held);
 }
 
 #[tokio::test(start_paused = true)]
@@ -292,10 +341,14 @@ async fn keys_given_up_front_exist_before_the_first_call() {
     }));
     svc.ready().await.unwrap().call(1).await.unwrap();
     svc.ready().await.unwrap().call(7).await.unwrap();
+    assert_eq!(breakers.get_existing(&7).unwrap().counts().calls, 1);
     svc.ready().await.unwrap().call(8).await.unwrap();
     assert_eq!(breakers.get_existing(&1).unwrap().counts().calls, 1);
-    assert_eq!(breakers.get_existing(&7).unwrap().counts().calls, 1);
-    // 0, 1 and 7 fill max_keys = 3: key 8 goes to the overflow breaker.
-    assert!(breakers.get_existing(&8).is_none());
-    assert_eq!(breakers.overflow().counts().calls, 1);
+    // 0, 1 and 7 fill max_keys = 3: key 8 evicts the idle dynamic key 7;
+    // keys given up front are never evicted.
+    assert!(breakers.get_existing(&7).is_none());
+    assert_eq!(breakers.get_existing(&8).unwrap().counts().calls, 1);
+    assert!(breakers.get_existing(&0).is_some());
+    assert_eq!(breakers.evictions(), 1);
+    assert_eq!(breakers.overflow().counts().calls, 0);
 }

@@ -480,3 +480,46 @@ async fn outcomes_from_an_ended_closed_period_are_dropped() {
         }
     );
 }
+
+// Before the fix, `counts()` kept returning the window from before the
+// opening (2 calls, 2 failures) for the whole half-open round.
+#[tokio::test(start_paused = true)]
+async fn counts_while_half_open_are_the_rounds_own() {
+    let b = build(
+        builder(&Log::default())
+            .count_window(2)
+            .minimum_calls(2)
+            .wait_duration(SEC)
+            .half_open_probes(3),
+    );
+    fail(&b);
+    fail(&b);
+    assert_eq!(b.state(), Open);
+    assert_eq!(
+        b.counts(),
+        WindowCounts {
+            calls: 2,
+            failures: 2,
+            slow_calls: 0
+        },
+        "open: the window that opened it"
+    );
+    advance(SEC).await;
+    let probe = b.try_acquire().unwrap();
+    assert_eq!(b.state(), HalfOpen);
+    assert_eq!(
+        b.counts(),
+        WindowCounts::default(),
+        "a new round starts empty"
+    );
+    probe.record(Outcome::Success);
+    assert_eq!(
+        b.counts(),
+        WindowCounts {
+            calls: 1,
+            failures: 0,
+            slow_calls: 0
+        }
+    );
+    assert_eq!(b.state(), HalfOpen);
+}

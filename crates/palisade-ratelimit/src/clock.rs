@@ -12,9 +12,14 @@ use std::{
 /// A monotonic source of nanoseconds for limiters.
 ///
 /// Three sources, chosen at construction; reading one is a single
-/// well-predicted branch plus the source itself:
+/// well-predicted branch plus the source itself. The default
+/// ([`Clock::default`], what limiters use unless given one) follows
+/// palisade's one clock rule, shared with the circuit breaker: built inside a
+/// tokio runtime whose clock is paused it is [`Clock::tokio`], so
+/// `tokio::time::advance` moves the limiter and the breaker of one stack
+/// together; anywhere else it is [`Clock::fast`].
 ///
-/// - [`Clock::fast`] (the default): the CPU's invariant time-stamp counter via
+/// - [`Clock::fast`]: the CPU's invariant time-stamp counter via
 ///   [`quanta`], calibrated once per process, falling back to the OS monotonic
 ///   clock where no usable TSC exists. About 10 to 18 ns a read on the project's
 ///   machine against 23 to 35 ns for `std::time::Instant::now()` (see the `clock`
@@ -80,8 +85,14 @@ impl Clock {
 }
 
 impl Default for Clock {
+    /// [`Clock::tokio`] when built inside a tokio runtime whose clock is
+    /// paused, else [`Clock::fast`] (decided once, here).
     fn default() -> Self {
-        Self::fast()
+        if palisade_core::clock::tokio_time_is_paused() {
+            Self::tokio()
+        } else {
+            Self::fast()
+        }
     }
 }
 

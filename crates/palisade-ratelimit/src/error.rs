@@ -113,5 +113,48 @@ impl fmt::Display for RateLimited {
 
 impl Error for RateLimited {}
 
-/// A type-erased error, as tower's `BoxError`.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+/// A keyed policy found no key in a request (for example [`PeerIp`] when the
+/// server put no `SocketAddr` in the request extensions), and is not set to
+/// [`allow_missing`](crate::PerKey::allow_missing).
+///
+/// A missing key is a deployment error, not a client's: the request is
+/// refused (the HTTP layer answers `500 Internal Server Error`) rather than
+/// silently passing unlimited. The first one per policy is logged at error
+/// level; every one is counted in
+/// [`MISSING_KEY`](crate::metrics::MISSING_KEY).
+///
+/// [`PeerIp`]: https://docs.rs/palisade-ratelimit/latest/palisade_ratelimit/http/struct.PeerIp.html
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingKey {
+    pub(crate) policy: &'static str,
+    pub(crate) missing: &'static str,
+}
+
+impl MissingKey {
+    /// The name of the policy that found no key.
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+
+    /// What the request lacked, as the extractor describes it
+    /// ([`KeyExtractor::missing`](crate::KeyExtractor::missing)).
+    pub fn missing(&self) -> &'static str {
+        self.missing
+    }
+}
+
+impl fmt::Display for MissingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limit policy `{}` found no key: the request has no {}",
+            self.policy, self.missing
+        )
+    }
+}
+
+impl Error for MissingKey {}
+
+/// A type-erased error: the one definition all palisade crates share (the
+/// same type as `tower::BoxError`).
+pub use palisade_core::BoxError;

@@ -7,7 +7,23 @@ use std::{
 use crate::BoxError;
 use pin_project_lite::pin_project;
 
-use crate::RateLimited;
+use crate::{MissingKey, RateLimited};
+
+/// Why a request was refused without reaching the inner service.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Limited(RateLimited),
+    MissingKey(MissingKey),
+}
+
+impl From<Refusal> for BoxError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Limited(e) => e.into(),
+            Refusal::MissingKey(e) => e.into(),
+        }
+    }
+}
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit): the inner
@@ -22,7 +38,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Limited { error: Option<RateLimited> },
+        Limited { error: Option<Refusal> },
     }
 }
 
@@ -34,9 +50,21 @@ impl<F> ResponseFuture<F> {
     }
 
     pub(crate) fn limited(error: RateLimited) -> Self {
+        Self::refused(Refusal::Limited(error))
+    }
+
+    pub(crate) fn refused(error: Refusal) -> Self {
         Self {
             kind: Kind::Limited { error: Some(error) },
         }
+    }
+
+    /// The future for a refused verdict, or `None` if it admits.
+    pub(crate) fn for_verdict(verdict: &crate::Verdict) -> Option<Self> {
+        if let Some(missing) = verdict.missing_key {
+            return Some(Self::refused(Refusal::MissingKey(missing)));
+        }
+        verdict.error().map(Self::limited)
     }
 }
 

@@ -1,4 +1,4 @@
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
@@ -13,10 +13,16 @@ pub enum Mode {
     Reject,
     /// Clients and backpressure: `poll_ready` stays `Pending` until a cell is
     /// available; the cell reserved there is consumed by the next `call`.
-    /// Applies to unkeyed policies ([`Limiter`](crate::Limiter)); keyed
-    /// policies need the request and are still checked in `call`.
+    /// Applies to unkeyed policies ([`Limiter`](crate::Limiter)), alone or
+    /// in a tuple (a tuple books a cell of every unkeyed member, or none);
+    /// keyed policies need the request and are checked in `call`. A cell due
+    /// later than [`max_wait`](RateLimitLayer::max_wait) is not booked: the
+    /// next `call` fails with [`RateLimited`](crate::RateLimited) at once.
     Wait,
 }
+
+/// The default [`RateLimitLayer::max_wait`]: 5 seconds.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies a rate limit [`Policy`](crate::Policy) to a service.
 ///
@@ -26,6 +32,7 @@ pub enum Mode {
 /// example.
 pub struct RateLimitLayer<P> {
     pub(crate) shared: Arc<Shared<P>>,
+    max_wait: u64,
 }
 
 pub(crate) struct Shared<P> {
@@ -48,7 +55,19 @@ impl<P> RateLimitLayer<P> {
     pub fn with_mode(policy: P, mode: Mode) -> Self {
         Self {
             shared: Arc::new(Shared { policy, mode }),
+            max_wait: nanos(DEFAULT_MAX_WAIT),
         }
+    }
+
+    /// Wait mode: the longest a request may be held back
+    /// ([`DEFAULT_MAX_WAIT`] unless set). A request whose cell would be due
+    /// later is rejected with [`RateLimited`](crate::RateLimited) instead
+    /// (nothing is booked for it), like nginx's `burst` queue: the wait
+    /// queue holds at most `max_wait × rate` requests. `Duration::MAX`
+    /// waits however long it takes. Ignored in reject mode.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = nanos(max_wait);
+        self
     }
 
     /// The shared policy (for its key count, for example).
@@ -66,6 +85,7 @@ impl<P> Clone for RateLimitLayer<P> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            max_wait: self.max_wait,
         }
     }
 }
@@ -75,6 +95,7 @@ impl<P: fmt::Debug> fmt::Debug for RateLimitLayer<P> {
         f.debug_struct("RateLimitLayer")
             .field("policy", &self.shared.policy)
             .field("mode", &self.shared.mode)
+            .field("max_wait", &Duration::from_nanos(self.max_wait))
             .finish()
     }
 }
@@ -83,6 +104,10 @@ impl<S, P> Layer<S> for RateLimitLayer<P> {
     type Service = RateLimit<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.shared.clone())
+        RateLimit::new(inner, self.shared.clone(), self.max_wait)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -53,7 +53,8 @@
 //!   policies that must all admit.
 //! - [`RateLimitLayer`] / [`RateLimit`]: the tower middleware, in [`Mode::Reject`]
 //!   (servers) or [`Mode::Wait`] (clients, backpressure).
-//! - [`Clock`]: a TSC clock in production, `tokio::time` under test.
+//! - [`Clock`]: a TSC clock in production, `tokio::time` when built in a
+//!   runtime whose clock is paused (the rule the breaker follows too).
 //!
 //! # Algorithm
 //!
@@ -80,6 +81,7 @@
 //! [`palisade_ratelimit_limited_total`](metrics::LIMITED),
 //! [`palisade_ratelimit_shadow_limited_total`](metrics::SHADOW_LIMITED),
 //! [`palisade_ratelimit_evicted_total`](metrics::EVICTED),
+//! [`palisade_ratelimit_missing_key_total`](metrics::MISSING_KEY),
 //! [`palisade_ratelimit_backend_errors_total`](metrics::BACKEND_ERRORS) (plus a
 //! `fail` label), and the gauge [`palisade_ratelimit_keys`](metrics::KEYS).
 //! A `tracing` event at `INFO` marks the first rejection of a key (or of an
@@ -95,6 +97,7 @@ pub mod metrics;
 mod policy;
 mod quota;
 mod service;
+mod sync;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -103,10 +106,10 @@ pub mod http;
 pub mod redis;
 
 pub use clock::{Clock, ManualClock};
-pub use error::{BoxError, InsufficientCapacity, QuotaError, RateLimited};
+pub use error::{BoxError, InsufficientCapacity, MissingKey, QuotaError, RateLimited};
 pub use future::ResponseFuture;
 pub use keyed::{DEFAULT_MAX_KEYS, KeyedLimiter, KeyedLimiterBuilder};
-pub use layer::{Mode, RateLimitLayer};
+pub use layer::{DEFAULT_MAX_WAIT, Mode, RateLimitLayer};
 pub use limiter::{Limiter, LimiterBuilder};
 pub use policy::{KeyExtractor, KeyFn, PerKey, Policy, Report, Verdict, key_fn};
 pub use quota::{Decision, Quota, QuotaBuilder};

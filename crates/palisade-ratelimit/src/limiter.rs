@@ -1,6 +1,8 @@
 //! The direct (unkeyed) limiter: one TAT word, updated lock-free.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicBool, AtomicU64};
 
 use crate::{
     Clock, Decision, Quota,
@@ -191,21 +193,29 @@ impl Limiter {
 
     /// Books the next `cost` cells even if they lie in the future, and returns
     /// how long until they are due (wait mode). Every caller books a distinct
-    /// slot, so waiters wake one at a time at their own deadlines.
-    pub(crate) fn reserve(&self, cost: u32) -> u64 {
+    /// slot, so waiters wake one at a time at their own deadlines. A booking
+    /// due more than `max_wait` nanoseconds from now is not made: the
+    /// rejecting decision is returned instead.
+    pub(crate) fn reserve(&self, cost: u32, max_wait: u64) -> Result<u64, Decision> {
         let now = self.clock.now_nanos();
         let increment = self.quota.emission * u64::from(cost);
         let tolerance = self.quota.tolerance();
         let mut tat = self.state.tat.load(Ordering::Relaxed);
         loop {
             let next = tat.max(now) + increment;
+            let wait = (next - now).saturating_sub(tolerance);
+            if wait > max_wait {
+                let decision = rejected(tat, now, cost, &self.quota);
+                self.on_limited(&decision);
+                return Err(decision);
+            }
             match self.state.tat.compare_exchange_weak(
                 tat,
                 next,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return (next - now).saturating_sub(tolerance),
+                Ok(_) => return Ok(wait),
                 Err(current) => tat = current,
             }
         }
@@ -229,3 +239,6 @@ impl Limiter {
             });
     }
 }
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests;

@@ -15,6 +15,9 @@ pub const SHADOW_LIMITED: &str = "palisade_ratelimit_shadow_limited_total";
 pub const KEYS: &str = "palisade_ratelimit_keys";
 /// Counter: keys evicted to keep a keyed policy under its cap. Label `policy`.
 pub const EVICTED: &str = "palisade_ratelimit_evicted_total";
+/// Counter: requests a keyed policy found no key in (refused, or admitted
+/// unlimited with `allow_missing`). Label `policy`.
+pub const MISSING_KEY: &str = "palisade_ratelimit_missing_key_total";
 /// Counter: checks the Redis backend could not complete in its budget (error,
 /// timeout or disconnected). Labels `policy` and `fail` (`open` or `closed`).
 pub const BACKEND_ERRORS: &str = "palisade_ratelimit_backend_errors_total";
@@ -53,4 +56,8 @@ pub(crate) fn keys_gauge(policy: &'static str) -> Gauge {
 
 pub(crate) fn evicted_counter(policy: &'static str) -> Counter {
     metrics::counter!(EVICTED, "policy" => policy)
+}
+
+pub(crate) fn missing_key_counter(policy: &'static str) -> Counter {
+    metrics::counter!(MISSING_KEY, "policy" => policy)
 }

@@ -1,8 +1,14 @@
 //! How a request meets one or more limits.
 
-use std::{fmt, hash::Hash};
+use std::{
+    fmt,
+    hash::Hash,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
-use crate::{Decision, KeyedLimiter, Limiter, Quota, RateLimited};
+use metrics::Counter;
+
+use crate::{Decision, KeyedLimiter, Limiter, MissingKey, Quota, RateLimited};
 
 /// One policy's decision for a request, with what the HTTP headers need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +30,9 @@ pub struct Verdict {
     /// the fewest remaining cells (what `RateLimit` reports on a success).
     /// Shadow policies never appear here.
     pub tightest: Option<Report>,
+    /// A keyed policy found no key in the request (and does not allow
+    /// that): the request is refused. Checked before `limited`.
+    pub missing_key: Option<MissingKey>,
 }
 
 impl Verdict {
@@ -36,17 +45,22 @@ impl Verdict {
         })
     }
 
+    /// Whether the request is refused (over a limit, or no key).
+    pub fn is_refused(&self) -> bool {
+        self.limited.is_some() || self.missing_key.is_some()
+    }
+
     fn admitted(report: Report) -> Self {
         Self {
-            limited: None,
             tightest: Some(report),
+            ..Self::default()
         }
     }
 
     fn limited(report: Report) -> Self {
         Self {
             limited: Some(report),
-            tightest: None,
+            ..Self::default()
         }
     }
 
@@ -83,20 +97,40 @@ pub trait Policy<Req> {
     /// Gives back what `check` took for `req` (another policy rejected it).
     fn refund(&self, req: &Req, taken: Self::Taken);
 
-    /// Wait mode: books one cell now, possibly in the future, and returns the
-    /// nanoseconds until it is due; `None` if this policy is checked per
-    /// request instead (keyed policies, which need the request).
-    fn reserve(&self) -> Option<u64> {
+    /// Wait mode: books one cell now, possibly in the future, and returns
+    /// the nanoseconds until it is due.
+    ///
+    /// - `None`: this policy books nothing here and is checked in `call`
+    ///   instead (keyed policies need the request; shadow limits never hold
+    ///   a request back).
+    /// - `Some(Err(verdict))`: the cell would be due more than `max_wait`
+    ///   nanoseconds from now; nothing is booked and the request is rejected
+    ///   with `verdict`.
+    ///
+    /// A tuple books all its members or none: if one member's wait exceeds
+    /// `max_wait`, the cells the earlier members booked are released.
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        let _ = max_wait;
         None
     }
 
-    /// Gives back a cell booked by [`reserve`](Policy::reserve) and never used.
+    /// Gives back the cells booked by [`reserve`](Policy::reserve) and never
+    /// used.
     fn release(&self) {}
 
-    /// A cell booked by [`reserve`](Policy::reserve) was used by a request
-    /// (counted as admitted only now, so bookings abandoned by a caller that
-    /// probes readiness and then clones the service are not counted).
+    /// The cells booked by [`reserve`](Policy::reserve) were used by a
+    /// request (counted as admitted only now, so bookings abandoned by a
+    /// caller that probes readiness and then clones the service are not
+    /// counted).
     fn commit(&self) {}
+
+    /// Wait mode, in `call` after [`reserve`](Policy::reserve) booked
+    /// cells: checks what `reserve` could not book (the keyed members of a
+    /// tuple) and nothing else. The default checks the whole policy, right
+    /// for a policy that never books.
+    fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+        self.check(req)
+    }
 }
 
 // === impl Limiter ===
@@ -126,23 +160,49 @@ impl<Req> Policy<Req> for Limiter {
         }
     }
 
-    fn reserve(&self) -> Option<u64> {
-        Some(Limiter::reserve(self, 1))
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        if self.is_shadow() {
+            return None;
+        }
+        Some(Limiter::reserve(self, 1, max_wait).map_err(|decision| {
+            Verdict::limited(Report {
+                policy: self.name(),
+                quota: self.quota(),
+                decision,
+            })
+        }))
     }
 
     fn release(&self) {
-        Limiter::refund(self, 1);
+        if !self.is_shadow() {
+            Limiter::refund(self, 1);
+        }
     }
 
     fn commit(&self) {
-        self.count_admitted();
+        if !self.is_shadow() {
+            self.count_admitted();
+        }
+    }
+
+    fn check_unbooked(&self, req: &Req) -> (Verdict, bool) {
+        if self.is_shadow() {
+            // Not booked by `reserve`: checked (and never limiting) here.
+            Policy::<Req>::check(self, req)
+        } else {
+            (Verdict::default(), false)
+        }
     }
 }
 
 // === impl PerKey ===
 
-/// Extracts the key a request is limited by; `None` means "not limited by
-/// this policy".
+/// Extracts the key a request is limited by.
+///
+/// `None` means the request has no key: [`PerKey`] then refuses it with
+/// [`MissingKey`] unless it was built with
+/// [`allow_missing`](PerKey::allow_missing) (for keys a request may
+/// legitimately lack, such as an optional API key header).
 ///
 /// Implement it for your own types, or wrap a closure with [`key_fn`]. The
 /// `http` feature ships extractors for the peer IP, a trusted-proxy-aware
@@ -153,6 +213,12 @@ pub trait KeyExtractor<Req> {
 
     /// The request's key.
     fn extract(&self, req: &Req) -> Option<Self::Key>;
+
+    /// What a request without a key lacks, for the [`MissingKey`] error and
+    /// its log line (for example "`SocketAddr` request extension").
+    fn missing(&self) -> &'static str {
+        "key (the key extractor returned None)"
+    }
 }
 
 /// A [`KeyExtractor`] from a closure; see [`key_fn`].
@@ -187,20 +253,77 @@ where
     fn extract(&self, req: &Req) -> Option<K> {
         (self.0)(req)
     }
+
+    fn missing(&self) -> &'static str {
+        "key (the key function returned None)"
+    }
 }
 
 /// A keyed policy: a [`KeyedLimiter`] and the [`KeyExtractor`] that picks
 /// each request's key.
+///
+/// A request without a key is refused with [`MissingKey`] (HTTP: 500),
+/// logged once and counted in [`MISSING_KEY`](crate::metrics::MISSING_KEY),
+/// unless the policy is built with [`allow_missing`](Self::allow_missing).
 #[derive(Debug)]
 pub struct PerKey<K, X> {
     limiter: KeyedLimiter<K>,
     extractor: X,
+    allow_missing: bool,
+    warned: AtomicBool,
+    missing: Counter,
 }
 
-impl<K, X> PerKey<K, X> {
-    /// Limits each request by the key `extractor` returns.
+impl<K, X> PerKey<K, X>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Limits each request by the key `extractor` returns; a request without
+    /// a key is refused.
     pub fn new(limiter: KeyedLimiter<K>, extractor: X) -> Self {
-        Self { limiter, extractor }
+        let missing = crate::metrics::missing_key_counter(limiter.name());
+        Self {
+            limiter,
+            extractor,
+            allow_missing: false,
+            warned: AtomicBool::new(false),
+            missing,
+        }
+    }
+
+    /// Admits requests without a key, unlimited by this policy (still
+    /// counted in [`MISSING_KEY`](crate::metrics::MISSING_KEY)). For keys a
+    /// request may legitimately lack; pair it with another limit (per IP,
+    /// global) so those requests are still bounded.
+    pub fn allow_missing(mut self) -> Self {
+        self.allow_missing = true;
+        self
+    }
+
+    #[cold]
+    fn on_missing<Req>(&self) -> Verdict
+    where
+        X: KeyExtractor<Req>,
+    {
+        self.missing.increment(1);
+        if self.allow_missing || self.limiter.is_shadow() {
+            return Verdict::default();
+        }
+        let missing = MissingKey {
+            policy: self.limiter.name(),
+            missing: self.extractor.missing(),
+        };
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                policy = missing.policy,
+                missing = missing.missing,
+                "rate limit policy found no key in a request; refusing it (logged once per policy)"
+            );
+        }
+        Verdict {
+            missing_key: Some(missing),
+            ..Verdict::default()
+        }
     }
 
     /// The limiter (for its key count, for example).
@@ -224,7 +347,7 @@ where
     #[inline]
     fn check(&self, req: &Req) -> (Verdict, u32) {
         let Some(key) = self.extractor.extract(req) else {
-            return (Verdict::default(), 0);
+            return (self.on_missing::<Req>(), 0);
         };
         let (taken, decision) = self.limiter.decide(&key, 1);
         if self.limiter.is_shadow() {
@@ -273,8 +396,8 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
         }
     }
 
-    fn reserve(&self) -> Option<u64> {
-        self.as_ref().and_then(P::reserve)
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        self.as_ref().and_then(|p| p.reserve(max_wait))
     }
 
     fn release(&self) {
@@ -286,6 +409,16 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
     fn commit(&self) {
         if let Some(policy) = self {
             policy.commit();
+        }
+    }
+
+    fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+        match self {
+            Some(policy) => {
+                let (verdict, taken) = policy.check_unbooked(req);
+                (verdict, Some(taken))
+            }
+            None => (Verdict::default(), None),
         }
     }
 }
@@ -304,19 +437,68 @@ macro_rules! tuple_policy {
                 $(
                     let (verdict, took) = self.$idx.check(req);
                     taken.$idx = Some(took);
-                    if verdict.limited.is_some() {
+                    if verdict.is_refused() {
                         self.refund(req, taken);
                         return (verdict, Default::default());
                     }
                     tightest = Verdict::tighter(tightest, verdict.tightest);
                 )+
-                (Verdict { limited: None, tightest }, taken)
+                (Verdict { tightest, ..Verdict::default() }, taken)
             }
 
             fn refund(&self, req: &Req, taken: Self::Taken) {
                 $(if let Some(took) = taken.$idx { self.$idx.refund(req, took); })+
             }
+
+            // All or nothing: the members book in order; when one cannot
+            // (its wait exceeds `max_wait`), those before it release theirs.
+            // Members that book nothing (keyed) are checked in `call` by
+            // `check_unbooked`. The tuple waits for its slowest member.
+            fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+                let release_first = |n: usize| {
+                    $(if $idx < n { self.$idx.release(); })+
+                };
+                let mut booked = 0usize;
+                let mut wait: Option<u64> = None;
+                $(
+                    match self.$idx.reserve(max_wait) {
+                        None => {}
+                        Some(Ok(w)) => wait = Some(wait.map_or(w, |x| x.max(w))),
+                        Some(Err(verdict)) => {
+                            release_first(booked);
+                            return Some(Err(verdict));
+                        }
+                    }
+                    booked = $idx + 1;
+                )+
+                let _ = booked;
+                wait.map(Ok)
+            }
+
+            fn release(&self) {
+                $(self.$idx.release();)+
+            }
+
+            fn commit(&self) {
+                $(self.$idx.commit();)+
+            }
+
+            fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+                let mut taken: Self::Taken = Default::default();
+                let mut tightest = None;
+                $(
+                    let (verdict, took) = self.$idx.check_unbooked(req);
+                    taken.$idx = Some(took);
+                    if verdict.is_refused() {
+                        self.refund(req, taken);
+                        return (verdict, Default::default());
+                    }
+                    tightest = Verdict::tighter(tightest, verdict.tightest);
+                )+
+                (Verdict { tightest, ..Verdict::default() }, taken)
+            }
         }
+
     };
 }
 

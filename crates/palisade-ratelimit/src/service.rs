@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::{
-    BoxError, Policy,
+    BoxError, Policy, RateLimited,
     future::ResponseFuture,
     layer::{Mode, Shared},
 };
@@ -28,6 +28,7 @@ use crate::{
 pub struct RateLimit<S, P> {
     inner: S,
     shared: Arc<Shared<P>>,
+    max_wait: u64,
     slot: Slot<P>,
 }
 
@@ -41,6 +42,8 @@ struct Slot<P> {
     /// How to give the booked cell back; a function pointer because `Drop`
     /// cannot name the request type the policy is bound by.
     release: Option<Release<P>>,
+    /// Why the next `call` fails ([`State::Rejected`]).
+    rejected: Option<RateLimited>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,9 @@ enum State {
     Reserved,
     /// The policy cannot book (keyed): `call` checks it.
     CheckInCall,
+    /// The cell would be due later than `max_wait`: nothing is booked and
+    /// the next `call` fails with the rejection.
+    Rejected,
 }
 
 impl<P> Drop for Slot<P> {
@@ -68,14 +74,16 @@ impl<P> Drop for Slot<P> {
 // === impl RateLimit ===
 
 impl<S, P> RateLimit<S, P> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<P>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<P>>, max_wait: u64) -> Self {
         Self {
             inner,
             shared,
+            max_wait,
             slot: Slot {
                 state: State::Idle,
                 sleep: None,
                 release: None,
+                rejected: None,
             },
         }
     }
@@ -122,11 +130,27 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.slot.state {
             State::Reserved => {
-                // The cell booked in poll_ready is consumed: no give-back now.
                 self.slot.state = State::Idle;
                 self.slot.release = None;
+                // Keyed members of a tuple could not be booked: decide them
+                // now, and give every booked cell back if one rejects.
+                let (verdict, _taken) = self.shared.policy.check_unbooked(&req);
+                if let Some(refused) = ResponseFuture::for_verdict(&verdict) {
+                    self.shared.policy.release();
+                    return refused;
+                }
+                // The cells booked in poll_ready are consumed: no give-back.
                 self.shared.policy.commit();
                 return ResponseFuture::called(self.inner.call(req));
+            }
+            State::Rejected => {
+                self.slot.state = State::Idle;
+                let error = self
+                    .slot
+                    .rejected
+                    .take()
+                    .expect("a rejected slot carries its rejection");
+                return ResponseFuture::limited(error);
             }
             State::Idle | State::Waiting if self.shared.mode == Mode::Wait => {
                 panic!("RateLimit::call without poll_ready returning Ready first (wait mode)")
@@ -135,8 +159,8 @@ where
             _ => {}
         }
         let (verdict, _taken) = self.shared.policy.check(&req);
-        match verdict.error() {
-            Some(error) => ResponseFuture::limited(error),
+        match ResponseFuture::for_verdict(&verdict) {
+            Some(refused) => refused,
             None => ResponseFuture::called(self.inner.call(req)),
         }
     }
@@ -150,10 +174,20 @@ impl<S, P> RateLimit<S, P> {
     {
         loop {
             match self.slot.state {
-                State::Reserved | State::CheckInCall => return Poll::Ready(()),
-                State::Idle => match self.shared.policy.reserve() {
+                State::Reserved | State::CheckInCall | State::Rejected => {
+                    return Poll::Ready(());
+                }
+                State::Idle => match self.shared.policy.reserve(self.max_wait) {
                     None => self.slot.state = State::CheckInCall,
-                    Some(wait) => {
+                    Some(Err(verdict)) => {
+                        self.slot.rejected = verdict.error();
+                        self.slot.state = if self.slot.rejected.is_some() {
+                            State::Rejected
+                        } else {
+                            State::CheckInCall
+                        };
+                    }
+                    Some(Ok(wait)) => {
                         self.slot.release = Some((self.shared.clone(), |p: &P| p.release()));
                         if wait == 0 {
                             self.slot.state = State::Reserved;
@@ -187,7 +221,7 @@ impl<S, P> RateLimit<S, P> {
 impl<S: Clone, P> Clone for RateLimit<S, P> {
     /// The clone shares the policy but starts with nothing reserved.
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.shared.clone())
+        Self::new(self.inner.clone(), self.shared.clone(), self.max_wait)
     }
 }
 

@@ -15,7 +15,7 @@ use palisade_ratelimit::{
         RouteKey, retry_after_secs,
     },
 };
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -107,7 +107,12 @@ fn client_supplied_forwarding_headers_do_not_change_the_key() {
             "for=1.2.3.4, for=\"[2001:db8::17]:4711\";proto=https, For=10.3.3.3",
         )],
     );
-    assert_eq!(forwarded.extract(&req), Some(ip("2001:db8::17")));
+    // IPv6 clients are keyed by their /64 by default.
+    assert_eq!(forwarded.extract(&req), Some(ip("2001:db8::")));
+    assert_eq!(
+        forwarded.clone().ipv6_prefix(128).extract(&req),
+        Some(ip("2001:db8::17"))
+    );
     assert_eq!(
         forwarded.extract(&request("192.0.2.1", &[("forwarded", "for=1.2.3.4")])),
         Some(ip("192.0.2.1"))
@@ -122,13 +127,23 @@ fn client_supplied_forwarding_headers_do_not_change_the_key() {
 #[test]
 fn simple_extractors() {
     let req = request("2001:db8:aa:bb:1:2:3:4", &[("x-api-key", "k1")]);
+    // Before the fix the default was the full address: a client rotating
+    // addresses inside its /64 got a fresh budget with each one.
+    assert_eq!(PeerIp::new().extract(&req), Some(ip("2001:db8:aa:bb::")));
+    let rotated = request("2001:db8:aa:bb:ffff:1:2:3", &[]);
     assert_eq!(
-        PeerIp::new().extract(&req),
+        PeerIp::new().extract(&rotated),
+        Some(ip("2001:db8:aa:bb::"))
+    );
+    assert_eq!(palisade_ratelimit::http::DEFAULT_IPV6_PREFIX, 64);
+    assert_eq!(
+        PeerIp::new().ipv6_prefix(128).extract(&req),
         Some(ip("2001:db8:aa:bb:1:2:3:4"))
     );
+    // IPv4 is keyed whole whatever the prefix.
     assert_eq!(
-        PeerIp::new().ipv6_prefix(64).extract(&req),
-        Some(ip("2001:db8:aa:bb::"))
+        PeerIp::new().extract(&request("192.0.2.7", &[])),
+        Some(ip("192.0.2.7"))
     );
     assert_eq!(PeerIp::new().extract(&Request::new(())), None);
     let header = HeaderKey::new(http::HeaderName::from_static("x-api-key"));
@@ -252,4 +267,156 @@ async fn layer_clones_share_state() {
         b.oneshot(Request::new(())).await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+// Before the fix a request without a key (here: no `SocketAddr` extension,
+// a server that never inserted it) passed unlimited, silently.
+#[tokio::test(start_paused = true)]
+async fn a_missing_key_is_a_500_logged_once_and_counted_unless_allowed() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let missing_total = || {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == palisade_ratelimit::metrics::MISSING_KEY)
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => n,
+                other => panic!("not a counter: {other:?}"),
+            })
+            .sum::<u64>()
+    };
+    let limiter = || {
+        KeyedLimiter::builder(Quota::per_second(1).unwrap())
+            .name("per-ip")
+            .clock(Clock::tokio())
+            .build()
+            .unwrap()
+    };
+    let (strict, lenient) = metrics::with_local_recorder(&recorder, || {
+        (
+            PerKey::new(limiter(), PeerIp::new()),
+            PerKey::new(limiter(), PeerIp::new()).allow_missing(),
+        )
+    });
+
+    let errors = ErrorEvents::default();
+    let _subscriber = tracing::subscriber::set_default(errors.clone());
+    let svc = ServiceBuilder::new()
+        .layer(HttpRateLimitLayer::new(strict))
+        .service(ok_service());
+    for _ in 0..2 {
+        let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.body(), "");
+    }
+    assert_eq!(missing_total(), 2);
+    assert_eq!(errors.count(), 1, "logged once per policy");
+
+    // The tower layer refuses with a typed error naming the extension.
+    let policy = metrics::with_local_recorder(&recorder, || PerKey::new(limiter(), PeerIp::new()));
+    let mut core = palisade_ratelimit::RateLimitLayer::new(policy).layer(ok_service());
+    let err = core
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap_err();
+    let missing = err
+        .downcast_ref::<palisade_ratelimit::MissingKey>()
+        .expect("MissingKey");
+    assert_eq!(missing.policy(), "per-ip");
+    assert!(
+        err.to_string().contains("`SocketAddr` request extension"),
+        "{err}"
+    );
+
+    // Opt-in: admitted unlimited, still counted.
+    let svc = ServiceBuilder::new()
+        .layer(HttpRateLimitLayer::new(lenient))
+        .service(ok_service());
+    for _ in 0..3 {
+        let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // (A snapshot drains the debugging recorder's counters: 1 + 3 since.)
+    assert_eq!(missing_total(), 4);
+}
+
+// Before the fix the key was the request's own `HeaderValue`, a slice of the
+// server's read buffer: each tracked key kept a whole buffer alive.
+#[test]
+fn header_keys_own_a_bounded_copy_not_the_request_buffer() {
+    let name = http::HeaderName::from_static("x-api-key");
+    let extractor = HeaderKey::new(name.clone());
+    // A 64 KiB read buffer holding a short key, as hyper shares it.
+    let mut buffer = vec![b'a'; 64 * 1024];
+    buffer[..6].copy_from_slice(b"key-42");
+    let buffer = bytes::Bytes::from(buffer);
+    let mut req = Request::new(());
+    req.headers_mut().insert(
+        name.clone(),
+        HeaderValue::from_maybe_shared(buffer.slice(0..6)).unwrap(),
+    );
+    let key = extractor.extract(&req).unwrap();
+    drop(req);
+    assert_eq!(key.as_bytes(), b"key-42");
+    assert!(buffer.is_unique(), "the key must not share the read buffer");
+
+    // A 10 KiB header value: the key holds at most `max_len` bytes, and two
+    // values that differ only past the kept prefix stay distinct keys.
+    let long = |last: u8| {
+        let mut v = vec![b'k'; 10 * 1024];
+        *v.last_mut().unwrap() = last;
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(name.clone(), HeaderValue::from_bytes(&v).unwrap());
+        req
+    };
+    let (a, b) = (
+        extractor.extract(&long(b'1')).unwrap(),
+        extractor.extract(&long(b'2')).unwrap(),
+    );
+    assert_eq!(a.len(), palisade_ratelimit::http::DEFAULT_HEADER_KEY_LEN);
+    assert_eq!(b.len(), palisade_ratelimit::http::DEFAULT_HEADER_KEY_LEN);
+    assert_ne!(a, b);
+    assert_eq!(
+        a,
+        extractor.extract(&long(b'1')).unwrap(),
+        "stable per extractor"
+    );
+    let short = HeaderKey::new(name.clone()).max_len(40);
+    assert_eq!(short.extract(&long(b'1')).unwrap().len(), 40);
+}
+
+/// Counts error-level events (a minimal subscriber, enough to pin "logged
+/// once").
+#[derive(Clone, Default)]
+struct ErrorEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ErrorEvents {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl tracing::Subscriber for ErrorEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }

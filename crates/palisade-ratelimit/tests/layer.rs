@@ -184,3 +184,98 @@ async fn keyed_policy_in_wait_mode_is_checked_in_call() {
     assert!(is_ready(svc.poll_ready()));
     assert!(svc.call("a").await.is_err());
 }
+
+// Before the fix tuples did not forward the reservation: `wait((a, b))` was
+// Ready at once and the second call failed with RateLimited in `call`.
+#[tokio::test(start_paused = true)]
+async fn wait_mode_with_a_tuple_books_every_member_and_waits_for_the_slowest() {
+    let fast = Limiter::builder(
+        Quota::builder()
+            .rate(100)
+            .per(Duration::from_secs(1))
+            .burst(1)
+            .build()
+            .unwrap(),
+    )
+    .name("fast")
+    .clock(Clock::tokio())
+    .build();
+    let layer = RateLimitLayer::wait((fast, limiter(1)));
+    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(layer.clone());
+    assert!(is_ready(svc.poll_ready()));
+    let fut = svc.call("a");
+    handle.next_request().await.unwrap().1.send_response("ok");
+    fut.await.unwrap();
+
+    // Next cells: 10 ms for `fast`, 100 ms for the other: wait for both.
+    assert!(!is_ready(svc.poll_ready()));
+    tokio::time::advance(Duration::from_millis(99)).await;
+    assert!(!svc.is_woken());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(svc.is_woken());
+    assert!(is_ready(svc.poll_ready()));
+    let fut = svc.call("b");
+    handle.next_request().await.unwrap().1.send_response("ok");
+    fut.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_mode_tuple_with_a_keyed_member_checks_it_in_call_and_gives_the_booking_back() {
+    let keyed = KeyedLimiter::builder(Quota::per_second(1).unwrap())
+        .name("per-key")
+        .clock(Clock::tokio())
+        .build()
+        .unwrap();
+    let per_key = PerKey::new(keyed, key_fn(|req: &&str| Some(req.to_string())));
+    let layer = RateLimitLayer::wait((per_key, limiter(2)));
+    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(layer.clone());
+    assert!(is_ready(svc.poll_ready()));
+    let fut = svc.call("a");
+    handle.next_request().await.unwrap().1.send_response("ok");
+    fut.await.unwrap();
+    // The key is spent: rejected in call, and the global cell booked for it
+    // is given back.
+    assert!(is_ready(svc.poll_ready()));
+    let err = svc.call("a").await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().policy(),
+        "per-key"
+    );
+    // Burst 2, one used: the next key still gets a due cell.
+    assert!(is_ready(svc.poll_ready()));
+    let fut = svc.call("b");
+    handle.next_request().await.unwrap().1.send_response("ok");
+    fut.await.unwrap();
+}
+
+// Before the fix the wait was unbounded: the third caller booked a cell
+// 200 ms out (and a thousandth would book 100 s out).
+#[tokio::test(start_paused = true)]
+async fn wait_mode_rejects_beyond_max_wait_without_booking() {
+    let layer = RateLimitLayer::wait(limiter(1)).max_wait(Duration::from_millis(150));
+    let (mut first, mut h1) = mock::spawn_layer::<&str, &str, _>(layer.clone());
+    assert!(is_ready(first.poll_ready()));
+    let (mut second, _h2) = mock::spawn_layer::<&str, &str, _>(layer.clone());
+    assert!(!is_ready(second.poll_ready())); // due in 100 ms
+    let (mut third, mut h3) = mock::spawn_layer::<&str, &str, _>(layer.clone());
+    // Due in 200 ms > 150 ms: ready at once, and the call is rejected.
+    assert!(is_ready(third.poll_ready()));
+    let err = third.call("c").await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    assert_eq!(limited.retry_after(), Duration::from_millis(200));
+    assert!(h3.poll_request().is_pending());
+    // Nothing was booked for it: the next free cell after `second` is at
+    // 200 ms, so a new caller can book it once 50 ms have passed.
+    tokio::time::advance(Duration::from_millis(50)).await;
+    assert!(!is_ready(third.poll_ready()));
+    let fut = first.call("a");
+    h1.next_request().await.unwrap().1.send_response("ok");
+    fut.await.unwrap();
+}
+
+#[test]
+fn the_default_max_wait_is_five_seconds() {
+    assert_eq!(palisade_ratelimit::DEFAULT_MAX_WAIT, Duration::from_secs(5));
+    let layer = RateLimitLayer::wait(limiter(1));
+    assert!(format!("{layer:?}").contains("max_wait: 5s"));
+}

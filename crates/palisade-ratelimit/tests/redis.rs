@@ -254,10 +254,11 @@ async fn http_layer_answers_429_from_redis_decisions() {
         .parse()
         .unwrap();
     assert!((29..=30).contains(&retry), "retry-after {retry}");
-    // Requests without a peer address are not limited by this policy.
+    // A request without a peer address is refused (500), not waved through
+    // unlimited as before the fix.
     assert_eq!(
         svc.oneshot(Request::new(())).await.unwrap().status(),
-        StatusCode::OK
+        StatusCode::INTERNAL_SERVER_ERROR
     );
     server.stop();
 }

@@ -96,7 +96,7 @@ fn http(c: &mut Criterion) {
     });
 
     let drain = Drain::new();
-    let mut no_token = HttpDrainLayer::builder(drain)
+    let mut no_token = HttpDrainLayer::builder(drain.clone())
         .request_token(false)
         .build()
         .unwrap()
@@ -105,7 +105,7 @@ fn http(c: &mut Criterion) {
         b.iter(|| drain_body(now(no_token.call(Request::new(()))).unwrap().into_body()))
     });
 
-    let mut with_token = HttpDrainLayer::new(drain).layer(Echo);
+    let mut with_token = HttpDrainLayer::new(drain.clone()).layer(Echo);
     group.bench_function("palisade_http_drain_with_token", |b| {
         b.iter(|| drain_body(now(with_token.call(Request::new(()))).unwrap().into_body()))
     });

@@ -1,7 +1,14 @@
 //! The drain handle shared by every clone of the drain layer.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+// The counter is loom's model under `--cfg palisade_loom` (see `scripts/loom.sh`).
+#[cfg(palisade_loom)]
+use loom::sync::atomic::AtomicUsize;
+#[cfg(not(palisade_loom))]
+use std::sync::atomic::AtomicUsize;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -23,14 +30,13 @@ const DRAINING: usize = 1 << (usize::BITS - 1);
 /// reaches its drain phase and await [`Drain::drained`]. Copies share the
 /// same state. See the crate docs for an example.
 ///
-/// A drain is meant to live as long as the process (create one per server,
-/// not per request or connection): its state is allocated once and never
-/// freed. That lets each request hold a plain `'static` reference instead
-/// of a reference-counted one, so admission costs exactly one atomic
-/// increment and release one atomic decrement.
-#[derive(Clone, Copy)]
+/// The state lives behind one `Arc`, freed when the last clone (and the last
+/// request it admitted) is gone, so drains built per test or per reloaded
+/// stack do not accumulate. Admission costs one atomic increment of the
+/// counter plus the reference count of the request's guard.
+#[derive(Clone)]
 pub struct Drain {
-    pub(crate) state: &'static DrainState,
+    pub(crate) state: Arc<DrainState>,
 }
 
 pub(crate) struct DrainState {
@@ -41,7 +47,7 @@ pub(crate) struct DrainState {
 
 /// Held while a request is in flight; dropping it releases the request.
 pub(crate) struct InFlight {
-    state: &'static DrainState,
+    state: Arc<DrainState>,
 }
 
 // === impl Drain ===
@@ -50,20 +56,18 @@ impl Drain {
     /// Creates a drain with no requests in flight, not draining.
     pub fn new() -> Self {
         Self {
-            // Leaked on purpose, see the type docs: a few dozen bytes per
-            // drain, once per server.
-            state: Box::leak(Box::new(DrainState {
+            state: Arc::new(DrainState {
                 count: AtomicUsize::new(0),
                 zero: Notify::new(),
                 draining: CancellationToken::new(),
-            })),
+            }),
         }
     }
 
     /// A layer counting requests through this drain (generic mode: a
     /// request counts until its response future resolves).
     pub fn layer(&self) -> DrainLayer {
-        DrainLayer::new(*self)
+        DrainLayer::new(self.clone())
     }
 
     /// Requests currently in flight.
@@ -115,7 +119,9 @@ impl Drain {
 
     /// A token that fires when draining starts.
     pub fn token(&self) -> DrainToken {
-        DrainToken { state: self.state }
+        DrainToken {
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -139,9 +145,11 @@ impl fmt::Debug for Drain {
 impl DrainState {
     /// Counts a new request, or returns `None` if draining has started.
     #[inline]
-    pub(crate) fn acquire(&'static self) -> Option<InFlight> {
+    pub(crate) fn acquire(self: &Arc<Self>) -> Option<InFlight> {
         let prev = self.count.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight { state: self };
+        let guard = InFlight {
+            state: self.clone(),
+        };
         if prev & DRAINING != 0 {
             refuse(guard);
             return None;
@@ -180,7 +188,7 @@ impl Drop for InFlight {
         // Only while draining is anyone waiting or watching the gauge, so
         // the fast path is the single `fetch_sub`.
         if prev & DRAINING != 0 {
-            released_while_draining(self.state, (prev & !DRAINING) - 1);
+            released_while_draining(&self.state, (prev & !DRAINING) - 1);
         }
     }
 }
@@ -199,9 +207,9 @@ impl Drop for InFlight {
 /// }
 /// # }
 /// ```
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct DrainToken {
-    state: &'static DrainState,
+    state: Arc<DrainState>,
 }
 
 impl DrainToken {
@@ -219,8 +227,10 @@ impl DrainToken {
 impl DrainToken {
     #[cfg(feature = "http")]
     #[inline]
-    pub(crate) fn from_state(state: &'static DrainState) -> Self {
-        Self { state }
+    pub(crate) fn from_state(state: &Arc<DrainState>) -> Self {
+        Self {
+            state: state.clone(),
+        }
     }
 }
 
@@ -229,5 +239,55 @@ impl fmt::Debug for DrainToken {
         f.debug_struct("DrainToken")
             .field("draining", &self.is_draining())
             .finish()
+    }
+}
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests {
+    use loom::thread;
+
+    use super::*;
+
+    /// The invariant the counter's doc claims: a request either sees the
+    /// draining flag and backs out, or is counted before the drain reads the
+    /// count, never neither. And once everything is released, nothing is in
+    /// flight.
+    #[test]
+    fn admission_racing_the_drain_is_counted_or_refused() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let drain = Drain::new();
+            let request = {
+                let state = drain.state.clone();
+                thread::spawn(move || state.acquire())
+            };
+            let seen = drain.start();
+            let guard = request.join().unwrap();
+            assert_eq!(guard.is_some(), seen == 1, "admitted iff counted");
+            assert!(drain.is_draining());
+            drop(guard);
+            assert_eq!(drain.in_flight(), 0);
+        });
+    }
+}
+
+#[cfg(all(test, not(palisade_loom)))]
+mod tests {
+    use super::*;
+
+    // Before the fix `Drain::new` leaked its state on purpose: every drain
+    // built in a test or a reloaded stack stayed allocated for good.
+    #[test]
+    fn the_state_is_freed_with_the_last_drain_and_request() {
+        let drain = Drain::new();
+        let token = drain.token();
+        let guard = drain.state.acquire().expect("not draining");
+        let weak = Arc::downgrade(&drain.state);
+        drop(drain);
+        drop(token);
+        assert!(weak.upgrade().is_some(), "a request in flight keeps it");
+        drop(guard);
+        assert!(weak.upgrade().is_none(), "freed with the last holder");
     }
 }

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use crate::BoxError;
 use crate::drain::InFlight;
-use crate::error::Error;
+use crate::error::Draining;
 
 pin_project! {
     /// Response future of [`DrainService`](crate::DrainService): holds the
@@ -46,7 +46,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(Error::Draining.into()));
+            return Poll::Ready(Err(Draining.into()));
         };
         let output = ready!(inner.poll(cx));
         this.guard.take();

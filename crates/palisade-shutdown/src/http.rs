@@ -23,17 +23,18 @@ use crate::error::Error;
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Builds the `503 Service Unavailable` a draining server answers with:
-/// `Retry-After` in whole seconds rounded up, and `Connection: close` on
+/// `Retry-After` in whole seconds rounded up and never 0
+/// ([`palisade_core::retry_after_secs`]), and `Connection: close` on
 /// HTTP/1.x (HTTP/2 has no such header; the connection's GOAWAY does that
-/// job). Useful to map [`Error::Draining`] from the generic
+/// job). Useful to map [`Draining`](crate::Draining) from the generic
 /// [`DrainLayer`](crate::DrainLayer) in an error handler.
 pub fn draining_response<B: Default>(retry_after: Duration, version: Version) -> Response<B> {
     build_draining_response(retry_after_value(retry_after), version)
 }
 
 fn retry_after_value(retry_after: Duration) -> HeaderValue {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    HeaderValue::from(secs)
+    // The rule all palisade crates share: rounded up, never 0.
+    HeaderValue::from(palisade_core::retry_after_secs(retry_after))
 }
 
 #[cold]
@@ -112,7 +113,7 @@ impl<S> Layer<S> for HttpDrainLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HttpDrain {
             inner,
-            state: self.drain.state,
+            state: self.drain.state.clone(),
             config: self.config.clone(),
         }
     }
@@ -173,7 +174,7 @@ impl HttpDrainLayerBuilder {
 /// refused requests are answered, not failed.
 pub struct HttpDrain<S> {
     inner: S,
-    state: &'static DrainState,
+    state: Arc<DrainState>,
     config: Arc<Config>,
 }
 
@@ -200,7 +201,7 @@ impl<S: Clone> Clone for HttpDrain<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            state: self.state,
+            state: self.state.clone(),
             config: self.config.clone(),
         }
     }
@@ -243,7 +244,7 @@ where
         };
         // Two call sites, so the request is never copied into a temporary.
         let future = if self.config.request_token {
-            self.inner.call(with_token(request, self.state))
+            self.inner.call(with_token(request, &self.state))
         } else {
             self.inner.call(request)
         };
@@ -254,7 +255,7 @@ where
     }
 }
 
-fn with_token<B>(mut request: Request<B>, state: &'static DrainState) -> Request<B> {
+fn with_token<B>(mut request: Request<B>, state: &Arc<DrainState>) -> Request<B> {
     request
         .extensions_mut()
         .insert(DrainToken::from_state(state));

@@ -7,7 +7,7 @@ use crate::service::DrainService;
 
 /// Applies [`DrainService`] to a service: counts requests in flight until
 /// their response future resolves and refuses new ones with
-/// [`Error::Draining`](crate::Error::Draining) once draining starts.
+/// [`Draining`](crate::Draining) once draining starts.
 ///
 /// For HTTP services prefer `http::HttpDrainLayer` (feature `http`), which
 /// counts until the response *body* ends and answers with a 503.
@@ -30,6 +30,6 @@ impl<S> Layer<S> for DrainLayer {
     type Service = DrainService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DrainService::new(inner, self.drain)
+        DrainService::new(inner, self.drain.clone())
     }
 }

@@ -14,7 +14,7 @@
 //!   forces it.
 //! - [`DrainLayer`] (generic) and `http::HttpDrainLayer` (feature `http`):
 //!   count requests in flight (in `http` mode until the response *body*
-//!   ends), refuse new ones once draining ([`Error::Draining`], or
+//!   ends), refuse new ones once draining ([`Draining`], or
 //!   `503` + `Retry-After` + `Connection: close`), exempt health checks, and
 //!   hand each request a [`DrainToken`] to watch.
 //! - `server::Server` (feature `hyper`): accepts HTTP/1 and HTTP/2 with
@@ -61,7 +61,7 @@
 //!
 //! // Once draining, the stack refuses new requests with a typed error.
 //! let err = svc.oneshot("late").await.unwrap_err();
-//! assert!(matches!(err.downcast_ref(), Some(palisade_shutdown::Error::Draining)));
+//! assert!(matches!(err.downcast_ref(), Some(palisade_shutdown::Draining)));
 //! # Ok(())
 //! # }
 //! ```
@@ -116,15 +116,16 @@ pub mod server;
 
 pub use coordinator::{DEFAULT_CUT_GRACE, Phase, PhaseContext, Shutdown};
 pub use drain::{Drain, DrainToken};
-pub use error::Error;
+pub use error::{Draining, Error};
 pub use layer::DrainLayer;
 pub use outcome::{Outcome, PhaseOutcome, PhaseStatus, Trigger};
 pub use readiness::Readiness;
 pub use scope::Scope;
 pub use service::DrainService;
 
-/// A type-erased error, as in tower.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A type-erased error: the one definition all palisade crates share (the
+/// same type as `tower::BoxError`).
+pub use palisade_core::BoxError;
 
 /// Names of the metrics this crate emits (see the crate docs for kinds and
 /// labels).

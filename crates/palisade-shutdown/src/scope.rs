@@ -6,9 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
-use tokio_util::task::TaskTracker;
 
 /// A node in the shutdown tree: a cancellation token plus the tasks spawned in
 /// it.
@@ -31,8 +31,12 @@ struct ScopeInner {
     /// Full path from the root, `/`-separated, used in reports.
     path: String,
     token: CancellationToken,
-    tracker: TaskTracker,
     tasks: Mutex<Tasks>,
+    /// Notified (all waiters) whenever the last live task of this scope
+    /// ends. Waiters register before checking `live`, so an end between
+    /// the check and the await still wakes them; nothing is ever closed or
+    /// reopened, so one waiter can never undo what another waits for.
+    idle: Notify,
     children: Mutex<Vec<Scope>>,
 }
 
@@ -51,7 +55,12 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&self.scope.tasks).live.remove(&self.id);
+        let mut tasks = lock(&self.scope.tasks);
+        tasks.live.remove(&self.id);
+        if tasks.live.is_empty() {
+            drop(tasks);
+            self.scope.idle.notify_waiters();
+        }
     }
 }
 
@@ -74,8 +83,8 @@ impl Scope {
             inner: Arc::new(ScopeInner {
                 path,
                 token,
-                tracker: TaskTracker::new(),
                 tasks: Mutex::new(Tasks::default()),
+                idle: Notify::new(),
                 children: Mutex::new(Vec::new()),
             }),
         }
@@ -121,7 +130,7 @@ impl Scope {
             scope: self.inner.clone(),
             id,
         };
-        let handle = self.inner.tracker.spawn(async move {
+        let handle = tokio::spawn(async move {
             let _registration = registration;
             future.await
         });
@@ -161,17 +170,29 @@ impl Scope {
     /// Waits until every task of this scope and its descendants has finished.
     ///
     /// Tasks spawned while waiting are waited for too.
+    /// Any number of tasks may wait at once.
     pub async fn wait(&self) {
         loop {
-            self.inner.tracker.close();
-            self.inner.tracker.wait().await;
-            self.inner.tracker.reopen();
+            self.wait_own().await;
             for child in self.children() {
                 Box::pin(child.wait()).await;
             }
             if self.running() == 0 {
                 return;
             }
+        }
+    }
+
+    /// Waits until this scope's own tasks have all ended.
+    async fn wait_own(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.inner.tasks).live.is_empty() {
+                return;
+            }
+            notified.await;
         }
     }
 

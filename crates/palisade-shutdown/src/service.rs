@@ -12,7 +12,7 @@ use crate::future::ResponseFuture;
 /// dropped) and refuses new requests once draining has started.
 ///
 /// Refused requests never reach the inner service; their future fails with
-/// [`Error::Draining`](crate::Error::Draining) (boxed). Admission is one
+/// [`Draining`](crate::Draining) (boxed). Admission is one
 /// atomic `fetch_add`, release one `fetch_sub`.
 ///
 /// See the crate docs for an example.

@@ -62,7 +62,7 @@ async fn an_axum_router_drains_and_its_stream_ends_gracefully() {
         .route("/stream", get(stream))
         .route("/", get(|| async { "hello" }))
         .layer(
-            HttpDrainLayer::builder(drain)
+            HttpDrainLayer::builder(drain.clone())
                 .exempt("/healthz")
                 .build()
                 .unwrap(),

@@ -493,3 +493,117 @@ mod model {
         }
     }
 }
+
+// Two tasks waiting for one scope at once. Before the fix each waiter closed
+// the scope's task tracker, waited, then reopened it: a waiter that reopened
+// while the other was still waiting left that one waiting on an open tracker,
+// which never reports "closed and empty" again, so it hung once the last task
+// ended between the reopen and the first waiter's final count.
+#[tokio::test(start_paused = true)]
+async fn two_concurrent_waiters_both_return_when_the_tasks_end() {
+    let scope = Scope::new("root");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    scope.spawn("first", async move {
+        let _ = rx.await;
+    });
+    let a = tokio::spawn({
+        let scope = scope.clone();
+        async move { scope.wait().await }
+    });
+    let b = tokio::spawn({
+        let scope = scope.clone();
+        async move { scope.wait().await }
+    });
+    settle().await;
+    // A task spawned while both wait, ending after the first: waited for.
+    let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
+    scope.spawn("second", async move {
+        let _ = rx2.await;
+    });
+    tx.send(()).unwrap();
+    settle().await;
+    assert!(!a.is_finished() && !b.is_finished());
+    tx2.send(()).unwrap();
+    tokio::time::timeout(secs(1), a).await.unwrap().unwrap();
+    tokio::time::timeout(secs(1), b).await.unwrap().unwrap();
+    assert_eq!(scope.running(), 0);
+}
+
+// The race itself, on real threads: waiters and tasks ending on different
+// workers. Every wait is bounded; a hang fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waiters_on_worker_threads_never_hang() {
+    for round in 0..300u32 {
+        let scope = Scope::new("root");
+        for i in 0..3u32 {
+            scope.spawn("task", async move {
+                for _ in 0..(round + i) % 4 {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let scope = scope.clone();
+                tokio::spawn(async move { scope.wait().await })
+            })
+            .collect();
+        for _ in 0..(round % 3) {
+            tokio::task::yield_now().await;
+        }
+        scope.spawn("late", async {
+            tokio::task::yield_now().await;
+        });
+        for waiter in waiters {
+            tokio::time::timeout(secs(5), waiter)
+                .await
+                .unwrap_or_else(|_| panic!("a waiter hung in round {round}"))
+                .unwrap();
+        }
+    }
+}
+
+// The interleaving that hung before the fix, step by step on one thread:
+// `a` is woken by the end of `u` but, before it runs, `b` starts waiting
+// because `w` was spawned; `a` then reopens the tracker and waits for the
+// child, `w` ends while the tracker is open (no notification), and `b`
+// waited forever.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_reopening_the_scope_never_strands_the_other() {
+    let root = Scope::new("root");
+    let child = root.child("child");
+    let (tx_u, rx_u) = tokio::sync::oneshot::channel::<()>();
+    let (tx_x, rx_x) = tokio::sync::oneshot::channel::<()>();
+    let (tx_b, rx_b) = tokio::sync::oneshot::channel::<()>();
+    root.spawn("u", async move {
+        let _ = rx_u.await;
+    });
+    child.spawn("x", async move {
+        let _ = rx_x.await;
+    });
+    let a = tokio::spawn({
+        let root = root.clone();
+        async move { root.wait().await }
+    });
+    let b = tokio::spawn({
+        let root = root.clone();
+        async move {
+            let _ = rx_b.await;
+            root.spawn("w", async {});
+            root.wait().await;
+        }
+    });
+    settle().await;
+    // Wakes `u` then `b`: `u` ends (waking `a`), `b` spawns `w` and waits,
+    // then `a` runs, then `w`.
+    tx_u.send(()).unwrap();
+    tx_b.send(()).unwrap();
+    settle().await;
+    tx_x.send(()).unwrap();
+    tokio::time::timeout(secs(1), a).await.unwrap().unwrap();
+    tokio::time::timeout(secs(1), b)
+        .await
+        .expect("the second waiter returns")
+        .unwrap();
+    assert_eq!(root.running(), 0);
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
-use palisade_shutdown::{Drain, DrainLayer, Error};
+use palisade_shutdown::{Drain, DrainLayer, Draining, Error};
 use proptest::prelude::*;
 use tokio_test_shim::*;
 use tower::{Service, ServiceExt};
@@ -91,7 +91,7 @@ async fn once_draining_new_requests_fail_fast_without_reaching_the_inner_service
 
     assert!(svc.poll_ready().is_ready());
     let err = svc.call("after").await.unwrap_err();
-    assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Draining));
+    assert_eq!(err.downcast_ref::<Draining>(), Some(&Draining));
     assert!(
         handle.poll_request().is_pending(),
         "the inner service never saw it"
@@ -133,7 +133,7 @@ async fn the_token_fires_when_draining_starts() {
 #[tokio::test]
 async fn services_built_per_connection_share_one_count() {
     let drain = Drain::new();
-    let layer = DrainLayer::new(drain);
+    let layer = DrainLayer::new(drain.clone());
     let mut a = tower::Layer::layer(&layer, tower::service_fn(|()| async { Ok::<_, Error>(()) }));
     let mut b = tower::Layer::layer(&layer, tower::service_fn(|()| async { Ok::<_, Error>(()) }));
     let fa = a.ready().await.unwrap().call(());
@@ -177,7 +177,7 @@ async fn stress_admission_and_drain_never_lose_a_request() {
                     match svc.clone().oneshot(()).await {
                         Ok(()) => ok += 1,
                         Err(e) => {
-                            assert_eq!(e.downcast_ref::<Error>(), Some(&Error::Draining));
+                            assert_eq!(e.downcast_ref::<Draining>(), Some(&Draining));
                             refused += 1;
                         }
                     }
@@ -292,7 +292,7 @@ mod http_mode {
     async fn counts_until_the_response_body_ends_not_the_future() {
         let drain = Drain::new();
         let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Channel<Bytes, Infallible>>, _>(
-            HttpDrainLayer::new(drain),
+            HttpDrainLayer::new(drain.clone()),
         );
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
@@ -327,7 +327,7 @@ mod http_mode {
     async fn a_body_dropped_mid_stream_releases_its_slot() {
         let drain = Drain::new();
         let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Channel<Bytes, Infallible>>, _>(
-            HttpDrainLayer::new(drain),
+            HttpDrainLayer::new(drain.clone()),
         );
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
@@ -350,7 +350,7 @@ mod http_mode {
     #[tokio::test]
     async fn draining_answers_503_with_retry_after_and_connection_close() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain)
+        let layer = HttpDrainLayer::builder(drain.clone())
             .retry_after(std::time::Duration::from_millis(2500))
             .build()
             .unwrap();
@@ -383,7 +383,7 @@ mod http_mode {
     #[tokio::test]
     async fn exempt_paths_pass_while_draining_and_are_not_counted() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain)
+        let layer = HttpDrainLayer::builder(drain.clone())
             .exempt("/healthz")
             .build()
             .unwrap();
@@ -413,7 +413,7 @@ mod http_mode {
     #[tokio::test]
     async fn tokens_can_be_turned_off() {
         let drain = Drain::new();
-        let layer = HttpDrainLayer::builder(drain)
+        let layer = HttpDrainLayer::builder(drain.clone())
             .request_token(false)
             .build()
             .unwrap();
@@ -474,11 +474,23 @@ mod http_mode {
         assert_eq!(r.headers()[CONNECTION], "close");
     }
 
+    // Before the fix this copy of the rounding lacked the floor of 1 and
+    // sent `Retry-After: 0`, an invitation to retry at once.
+    #[test]
+    fn draining_response_never_says_retry_after_0() {
+        for (wait, secs) in [(0, "1"), (1, "1"), (1_500, "2")] {
+            let r: Response<Empty<Bytes>> =
+                draining_response(std::time::Duration::from_millis(wait), Version::HTTP_2);
+            assert_eq!(r.headers()[RETRY_AFTER], secs, "{wait} ms");
+            assert!(r.headers().get(CONNECTION).is_none());
+        }
+    }
+
     #[tokio::test]
     async fn an_inner_error_releases_the_slot() {
         let drain = Drain::new();
         let (mut svc, mut handle) =
-            mock::spawn_layer::<Req, Response<Full<Bytes>>, _>(HttpDrainLayer::new(drain));
+            mock::spawn_layer::<Req, Response<Full<Bytes>>, _>(HttpDrainLayer::new(drain.clone()));
         handle.allow(1);
         assert!(svc.poll_ready().is_ready());
         let fut = svc.call(req("/"));

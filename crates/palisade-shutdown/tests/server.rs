@@ -37,7 +37,7 @@ async fn start() -> Harness {
     let gate = Arc::new(Semaphore::new(0));
     let (entered_tx, entered) = mpsc::unbounded_channel();
     let svc = tower::ServiceBuilder::new()
-        .layer(HttpDrainLayer::new(drain))
+        .layer(HttpDrainLayer::new(drain.clone()))
         .service_fn({
             let gate = gate.clone();
             move |req: Request<Incoming>| {
@@ -193,7 +193,7 @@ async fn a_busy_http1_connection_finishes_its_response_with_connection_close() {
     assert_eq!(h.drain.in_flight(), 1);
 
     let handle = h.handle.clone();
-    let drain = h.drain;
+    let drain = h.drain.clone();
     let draining = tokio::spawn(async move {
         drain.start();
         handle.drain(std::future::pending::<()>()).await
@@ -355,10 +355,11 @@ async fn the_drain_phase_reports_what_it_finished_and_what_it_cut() {
 
     let shutdown = palisade_shutdown::Shutdown::new();
     shutdown
-        .add_phase(
-            h.handle
-                .drain_phase("drain", std::time::Duration::from_millis(200), h.drain),
-        )
+        .add_phase(h.handle.drain_phase(
+            "drain",
+            std::time::Duration::from_millis(200),
+            h.drain.clone(),
+        ))
         .unwrap();
     shutdown.start(palisade_shutdown::Trigger::Requested);
     let outcome = shutdown.run().await;

@@ -17,25 +17,44 @@ use crate::KeyExtractor;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// The default IPv6 prefix [`PeerIp`] and [`ClientIp`] key by: a /64, what
+/// one subscriber usually holds (and can rotate addresses inside).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// What [`PeerIp`] and [`ClientIp`] report as missing without a peer address.
+const NO_PEER: &str = "`SocketAddr` request extension (the server must insert the peer address)";
+
 /// Keys by the TCP peer's IP address (the `SocketAddr` in the request
-/// extensions). Requests without one are not limited by this policy.
+/// extensions). A request without one is refused by the policy
+/// ([`MissingKey`](crate::MissingKey)) unless it allows missing keys.
+///
+/// IPv6 peers are keyed by their /64 ([`DEFAULT_IPV6_PREFIX`]), so a client
+/// rotating addresses inside its prefix keeps one budget; IPv4 addresses
+/// (and IPv4-mapped IPv6) are keyed whole.
 ///
 /// Behind a reverse proxy every request has the proxy's address; use
 /// [`ClientIp`] there.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct PeerIp {
     ipv6_prefix: Option<u8>,
 }
 
+impl Default for PeerIp {
+    fn default() -> Self {
+        Self {
+            ipv6_prefix: Some(DEFAULT_IPV6_PREFIX),
+        }
+    }
+}
+
 impl PeerIp {
-    /// Keys by the full peer address.
+    /// Keys by the peer address, IPv6 by its /64.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Keys IPv6 peers by their first `bits` bits (64 is a common choice: one
-    /// subscriber usually holds a whole /64, and would otherwise get a fresh
-    /// budget per address). Values above 128 are treated as 128.
+    /// Keys IPv6 peers by their first `bits` bits instead of 64 (128 keys
+    /// by the full address). Values above 128 are treated as 128.
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
         self.ipv6_prefix = Some(bits.min(128));
         self
@@ -49,6 +68,10 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = req.extensions().get::<SocketAddr>()?;
         Some(mask(canonical(peer.ip()), self.ipv6_prefix))
+    }
+
+    fn missing(&self) -> &'static str {
+        NO_PEER
     }
 }
 
@@ -102,7 +125,7 @@ impl ClientIp {
         Self {
             trusted: trusted.into_iter().map(|net| net.trunc()).collect(),
             header: ForwardedHeader::XForwardedFor,
-            ipv6_prefix: None,
+            ipv6_prefix: Some(DEFAULT_IPV6_PREFIX),
         }
     }
 
@@ -112,7 +135,8 @@ impl ClientIp {
         self
     }
 
-    /// Keys IPv6 clients by their first `bits` bits; see [`PeerIp::ipv6_prefix`].
+    /// Keys IPv6 clients by their first `bits` bits instead of 64; see
+    /// [`PeerIp::ipv6_prefix`].
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
         self.ipv6_prefix = Some(bits.min(128));
         self
@@ -162,6 +186,10 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = canonical(req.extensions().get::<SocketAddr>()?.ip());
         Some(mask(self.resolve(req, peer), self.ipv6_prefix))
+    }
+
+    fn missing(&self) -> &'static str {
+        NO_PEER
     }
 }
 
@@ -218,18 +246,46 @@ fn mask(ip: IpAddr, ipv6_prefix: Option<u8>) -> IpAddr {
     }
 }
 
-/// Keys by the value of a request header (an API key, a tenant id). Requests
-/// without the header are not limited by this policy, so pair it with a
-/// per-IP policy if the header is optional.
+/// Keys by the value of a request header (an API key, a tenant id). A
+/// request without the header is refused by the policy
+/// ([`MissingKey`](crate::MissingKey)); build the policy with
+/// [`allow_missing`](crate::PerKey::allow_missing) if the header is optional,
+/// and pair it with a per-IP policy.
+///
+/// The key is an owned copy of at most [`max_len`](Self::max_len) bytes
+/// ([`DEFAULT_HEADER_KEY_LEN`] by default), never the request's own header
+/// value: that one is a slice of the server's read buffer, and keeping it as
+/// a key would keep the whole buffer alive for as long as the key is tracked.
+/// A longer value is keyed by its first bytes and a hash of the whole value
+/// (random per extractor), so the bytes a tracked key holds are bounded.
 #[derive(Clone, Debug)]
 pub struct HeaderKey {
     name: HeaderName,
+    max_len: usize,
+    hasher: foldhash::fast::RandomState,
 }
+
+/// The default [`HeaderKey::max_len`]: 128 bytes.
+pub const DEFAULT_HEADER_KEY_LEN: usize = 128;
+
+/// Bytes of the hash suffix of a shortened [`HeaderKey`] key: `~` and 16 hex
+/// digits.
+const HASH_SUFFIX: usize = 17;
 
 impl HeaderKey {
     /// Keys by the header `name`.
     pub fn new(name: HeaderName) -> Self {
-        Self { name }
+        Self {
+            name,
+            max_len: DEFAULT_HEADER_KEY_LEN,
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The most bytes a key holds (at least 32; smaller values are raised).
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len.max(32);
+        self
     }
 }
 
@@ -237,12 +293,29 @@ impl<B> KeyExtractor<Request<B>> for HeaderKey {
     type Key = HeaderValue;
 
     fn extract(&self, req: &Request<B>) -> Option<HeaderValue> {
-        req.headers().get(&self.name).cloned()
+        use std::hash::BuildHasher;
+        let value = req.headers().get(&self.name)?.as_bytes();
+        if value.len() <= self.max_len {
+            // A copy, so the key does not share the request's buffer.
+            return HeaderValue::from_bytes(value).ok();
+        }
+        let keep = self.max_len - HASH_SUFFIX;
+        let mut key = Vec::with_capacity(self.max_len);
+        key.extend_from_slice(&value[..keep]);
+        key.push(b'~');
+        let hash = self.hasher.hash_one(value);
+        key.extend_from_slice(format!("{hash:016x}").as_bytes());
+        HeaderValue::from_bytes(&key).ok()
+    }
+
+    fn missing(&self) -> &'static str {
+        "key header"
     }
 }
 
 /// Keys by route: the longest configured path prefix the request matches.
-/// Requests matching no prefix are not limited by this policy. Pair it with
+/// A request matching no prefix is refused by the policy unless it
+/// [allows missing keys](crate::PerKey::allow_missing). Pair it with
 /// [`KeyedLimiterBuilder::with_override`](crate::KeyedLimiterBuilder::with_override)
 /// to give each route its own quota.
 #[derive(Clone, Debug)]
@@ -275,6 +348,10 @@ impl<B> KeyExtractor<Request<B>> for RouteKey {
             .iter()
             .find(|prefix| path.starts_with(&***prefix))
             .cloned()
+    }
+
+    fn missing(&self) -> &'static str {
+        "route prefix matching its path"
     }
 }
 

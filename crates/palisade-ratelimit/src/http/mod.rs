@@ -55,14 +55,17 @@
 mod extract;
 mod service;
 
-pub use extract::{ClientIp, ForwardedHeader, Global, HeaderKey, PeerIp, RouteKey};
+pub use extract::{
+    ClientIp, DEFAULT_HEADER_KEY_LEN, DEFAULT_IPV6_PREFIX, ForwardedHeader, Global, HeaderKey,
+    PeerIp, RouteKey,
+};
 pub use service::{HttpRateLimit, HttpRateLimitLayer, ResponseFuture};
 
 use std::{cell::RefCell, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header::RETRY_AFTER};
 
-use crate::{RateLimited, Report};
+use crate::{MissingKey, RateLimited, Report};
 
 /// The `RateLimit-Policy` header name.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -150,11 +153,7 @@ impl Headers {
     }
 }
 
-/// Whole seconds for `Retry-After`: rounded up, and never 0 while limited
-/// (a client told "0" retries at once and is limited again).
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    ceil_secs(wait).max(1)
-}
+pub use palisade_core::retry_after_secs;
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -261,6 +260,16 @@ pub fn too_many_requests<B: Default>(limited: &RateLimited, headers: &Headers) -
         },
         map,
     );
+    response
+}
+
+/// The response for a request a keyed policy found no key in: `500 Internal
+/// Server Error` with an empty body (a deployment error; the policy logs
+/// what was missing, the client learns nothing about the setup).
+pub fn missing_key_response<B: Default>(missing: &MissingKey) -> Response<B> {
+    let _ = missing;
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }
 

@@ -11,8 +11,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Headers, too_many_requests};
-use crate::{Policy, RateLimited, Report};
+use super::{Headers, missing_key_response, too_many_requests};
+use crate::{MissingKey, Policy, RateLimited, Report};
 
 /// An HTTP rate limit layer: like [`RateLimitLayer`](crate::RateLimitLayer)
 /// in reject mode, but it answers a request over the limit with a 429 itself
@@ -135,6 +135,13 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (verdict, _taken) = self.policy.check(&req);
         let headers = self.headers;
+        if let Some(missing) = verdict.missing_key {
+            return ResponseFuture {
+                kind: Kind::MissingKey {
+                    missing: Some(missing),
+                },
+            };
+        }
         if let Some(limited) = verdict.error() {
             // The 429 is built when polled: a RateLimited is much smaller
             // than a response, and the future is moved around by callers.
@@ -148,9 +155,8 @@ where
         ResponseFuture {
             kind: Kind::Called {
                 future: self.inner.call(req),
-                // Boxed: the fields cost allocations anyway, and the future
-                // stays small when they are off.
-                report: report.map(|report| Box::new((report, headers))),
+                // Inline: no allocation per admitted request.
+                report: report.map(|report| (report, headers)),
             },
         }
     }
@@ -167,8 +173,9 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Called { #[pin] future: F, report: Option<Box<(Report, Headers)>> },
+        Called { #[pin] future: F, report: Option<(Report, Headers)> },
         Limited { limited: Option<(RateLimited, Headers)> },
+        MissingKey { missing: Option<MissingKey> },
     }
 }
 
@@ -183,8 +190,7 @@ where
         match self.project().kind.project() {
             KindProj::Called { future, report } => {
                 let mut response = ready!(future.poll(cx))?;
-                if let Some(fields) = report.take() {
-                    let (report, headers) = *fields;
+                if let Some((report, headers)) = report.take() {
                     headers.apply(&report, response.headers_mut());
                 }
                 Poll::Ready(Ok(response))
@@ -194,6 +200,12 @@ where
                     .take()
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(too_many_requests(&limited, &headers)))
+            }
+            KindProj::MissingKey { missing } => {
+                let missing = missing
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Ok(missing_key_response(&missing)))
             }
         }
     }

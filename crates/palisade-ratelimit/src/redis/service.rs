@@ -3,7 +3,10 @@ use std::{
     future::Future,
     mem,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -14,7 +17,7 @@ use tower_service::Service;
 
 use super::RedisLimiter;
 use crate::{
-    Decision, KeyExtractor, RateLimited, Report,
+    Decision, KeyExtractor, MissingKey, RateLimited, Report,
     http::{Headers, too_many_requests},
 };
 
@@ -30,20 +33,52 @@ type Check = Pin<Box<dyn Future<Output = Decision> + Send>>;
 /// ready and leaves a clone in its place (the inner service must be `Clone`),
 /// and the check future is boxed (one allocation per checked request, next to
 /// the Redis command's own).
+///
+/// A request the extractor finds no key in is answered `500 Internal Server
+/// Error` (logged once, counted in
+/// [`MISSING_KEY`](crate::metrics::MISSING_KEY)), as with
+/// [`PerKey`](crate::PerKey), unless the layer is built with
+/// [`allow_missing`](Self::allow_missing).
 pub struct RedisRateLimitLayer<X> {
     limiter: Arc<RedisLimiter>,
     extractor: X,
     headers: Headers,
+    missing: Arc<Missing>,
+}
+
+/// What a Redis layer does with a request without a key.
+#[derive(Debug)]
+struct Missing {
+    allow: bool,
+    warned: AtomicBool,
+    counter: metrics::Counter,
 }
 
 impl<X> RedisRateLimitLayer<X> {
     /// Limits each request by the key `extractor` returns.
     pub fn new(limiter: Arc<RedisLimiter>, extractor: X) -> Self {
+        let missing = Arc::new(Missing {
+            allow: false,
+            warned: AtomicBool::new(false),
+            counter: crate::metrics::missing_key_counter(limiter.name()),
+        });
         Self {
             limiter,
             extractor,
             headers: Headers::default(),
+            missing,
         }
+    }
+
+    /// Admits requests without a key, unlimited by this layer (still
+    /// counted); see [`PerKey::allow_missing`](crate::PerKey::allow_missing).
+    pub fn allow_missing(mut self) -> Self {
+        self.missing = Arc::new(Missing {
+            allow: true,
+            warned: AtomicBool::new(false),
+            counter: self.missing.counter.clone(),
+        });
+        self
     }
 
     /// Sets which header fields are sent.
@@ -59,6 +94,7 @@ impl<X: Clone> Clone for RedisRateLimitLayer<X> {
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
             headers: self.headers,
+            missing: self.missing.clone(),
         }
     }
 }
@@ -82,6 +118,7 @@ impl<S, X: Clone> Layer<S> for RedisRateLimitLayer<X> {
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
             headers: self.headers,
+            missing: self.missing.clone(),
         }
     }
 }
@@ -92,6 +129,7 @@ pub struct RedisRateLimit<S, X> {
     limiter: Arc<RedisLimiter>,
     extractor: X,
     headers: Headers,
+    missing: Arc<Missing>,
 }
 
 impl<S: Clone, X: Clone> Clone for RedisRateLimit<S, X> {
@@ -101,6 +139,7 @@ impl<S: Clone, X: Clone> Clone for RedisRateLimit<S, X> {
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
             headers: self.headers,
+            missing: self.missing.clone(),
         }
     }
 }
@@ -132,10 +171,29 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let Some(key) = self.extractor.extract(&req) else {
+            self.missing.counter.increment(1);
+            if self.missing.allow || self.limiter.is_shadow() {
+                return ResponseFuture {
+                    state: State::Called {
+                        future: self.inner.call(req),
+                        report: None,
+                    },
+                };
+            }
+            let missing = MissingKey {
+                policy: self.limiter.name(),
+                missing: self.extractor.missing(),
+            };
+            if !self.missing.warned.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    policy = missing.policy,
+                    missing = missing.missing,
+                    "rate limit policy found no key in a request; refusing it (logged once per policy)"
+                );
+            }
             return ResponseFuture {
-                state: State::Called {
-                    future: self.inner.call(req),
-                    report: None,
+                state: State::MissingKey {
+                    missing: Some(missing),
                 },
             };
         };
@@ -185,6 +243,9 @@ pin_project! {
             #[pin]
             future: S::Future,
             report: Option<(Report, Headers)>,
+        },
+        MissingKey {
+            missing: Option<MissingKey>,
         },
     }
 }
@@ -239,6 +300,12 @@ where
                         headers.apply(&report, response.headers_mut());
                     }
                     return Poll::Ready(Ok(response));
+                }
+                StateProj::MissingKey { missing } => {
+                    let missing = missing
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(crate::http::missing_key_response(&missing)));
                 }
             }
         }

@@ -1,0 +1,71 @@
+//! The rules every palisade middleware shares, in one place so they cannot
+//! drift apart:
+//!
+//! - [`retry_after_secs`]: how a wait becomes a `Retry-After` value (rounded
+//!   up to whole seconds, never 0).
+//! - [`clock`]: which clock a policy reads by default (tokio's when the
+//!   runtime's clock is paused, else a fast monotonic clock).
+//! - [`BoxError`]: the type-erased error of the services (the same type as
+//!   `tower::BoxError`).
+//!
+//! This crate is small on purpose and its API is stable: the pattern crates
+//! (rate limiting, circuit breaking, shutdown, batching, fan-out) depend on
+//! it, users normally reach it through them.
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade_core::retry_after_secs;
+//!
+//! assert_eq!(retry_after_secs(Duration::ZERO), 1);
+//! assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+//! assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+//! assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+//! ```
+
+use std::time::Duration;
+
+pub mod clock;
+
+/// A type-erased error: the error type of palisade's services, identical to
+/// `tower::BoxError` (both are this alias), so errors of palisade layers and
+/// tower layers meet without conversion.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The `Retry-After` value, in whole seconds, for a client that may retry
+/// after `wait`.
+///
+/// Rounded **up** (a client that retries after the advertised seconds is
+/// never early) and **never 0**: `Retry-After: 0` invites an immediate retry
+/// loop, and a refusal with nothing left to wait for still costs the client
+/// a round trip, so 1 second is the least we advertise. Saturates at
+/// `u64::MAX`.
+///
+/// Every palisade response that carries `Retry-After` (429 from the rate
+/// limiter, 503 from an open breaker or a draining server) uses this.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let cases = [
+            (Duration::ZERO, 1),
+            (Duration::from_nanos(1), 1),
+            (Duration::from_millis(999), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(59), 59),
+            (Duration::MAX, u64::MAX),
+        ];
+        for (wait, secs) in cases {
+            assert_eq!(retry_after_secs(wait), secs, "{wait:?}");
+        }
+    }
+}
