@@ -225,33 +225,48 @@ where
     /// zero, or `bisect` outside `1..=16`.
     pub fn build(self) -> Result<BatchLayer<Req, Resp>, ConfigError> {
         if self.max_items == 0 {
-            return Err(ConfigError::new("max_items", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "max_items",
+                "must be at least 1",
+            ));
         }
         if let Some((0, _)) = self.max_weight {
-            return Err(ConfigError::new("max_weight", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "max_weight",
+                "must be at least 1",
+            ));
         }
         if self.max_latency.is_zero() {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "max_latency",
                 "must be positive (Flush::Opportunistic sends without waiting)",
             ));
         }
         if self.max_in_flight == 0 {
-            return Err(ConfigError::new("max_in_flight", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "max_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.queue_capacity == 0 {
-            return Err(ConfigError::new("queue_capacity", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "queue_capacity",
+                "must be at least 1",
+            ));
         }
         if self.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::new("queue_capacity", "is too large"));
+            return Err(crate::error::config_error("queue_capacity", "is too large"));
         }
         if let Some((depth, _)) = self.bisect
             && !(1..=MAX_BISECT_DEPTH).contains(&depth)
         {
-            return Err(ConfigError::new("bisect", "depth must be in 1..=16"));
+            return Err(crate::error::config_error(
+                "bisect",
+                "depth must be in 1..=16",
+            ));
         }
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(crate::error::config_error("name", "must not be empty"));
         }
         let (max_weight, weight) = match self.max_weight {
             Some((max, f)) => (Some(max), Some(f)),

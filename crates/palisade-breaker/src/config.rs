@@ -229,7 +229,7 @@ impl Default for ConfigBuilder {
 }
 
 fn err(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::new(field, reason)
+    crate::error::config_error(field, reason)
 }
 
 fn check_rate(field: &'static str, value: f64) -> Result<(), ConfigError> {

@@ -56,41 +56,11 @@ impl fmt::Display for Rejected {
 
 impl std::error::Error for Rejected {}
 
-/// An invalid configuration value, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: String,
+/// An invalid configuration value, naming the field (the one type every
+/// palisade builder returns).
+pub use palisade_core::ConfigError;
+
+/// A [`ConfigError`] of this crate's configuration.
+pub(crate) fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new("circuit breaker", field, reason)
 }
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    /// The offending field, as named by its builder method (e.g.
-    /// `"failure_rate_threshold"`, `"sliding_window.size"`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid circuit breaker configuration: `{}` {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}

@@ -80,7 +80,7 @@ where
     /// A [`ConfigError`] naming `max_keys` when it is zero.
     pub fn new(config: Config, max_keys: usize) -> Result<Self, ConfigError> {
         if max_keys == 0 {
-            return Err(ConfigError::new("max_keys", "must be at least 1"));
+            return Err(crate::error::config_error("max_keys", "must be at least 1"));
         }
         Ok(Self {
             overflow: OnceLock::new(),
@@ -108,7 +108,7 @@ where
                 continue;
             }
             if self.fixed.len() >= self.max_keys {
-                return Err(ConfigError::new(
+                return Err(crate::error::config_error(
                     "max_keys",
                     format!("is {}, fewer than the keys given up front", self.max_keys),
                 ));

@@ -7,6 +7,8 @@
 //!   runtime's clock is paused, else a fast monotonic clock).
 //! - [`BoxError`]: the type-erased error of the services (the same type as
 //!   `tower::BoxError`).
+//! - [`ConfigError`]: an invalid configuration value, naming the field, as
+//!   every builder's `build()` returns it.
 //!
 //! This crate is small on purpose and its API is stable: the pattern crates
 //! (rate limiting, circuit breaking, shutdown, batching, fan-out) depend on
@@ -22,6 +24,7 @@
 //! assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
 //! ```
 
+use std::fmt;
 use std::time::Duration;
 
 pub mod clock;
@@ -30,6 +33,61 @@ pub mod clock;
 /// `tower::BoxError` (both are this alias), so errors of palisade layers and
 /// tower layers meet without conversion.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An invalid configuration value, naming the field: what every palisade
+/// builder's `build()` returns instead of panicking.
+///
+/// ```
+/// let err = palisade_core::ConfigError::new("batch", "max_items", "must be at least 1");
+/// assert_eq!(err.field(), "max_items");
+/// assert_eq!(err.to_string(), "invalid batch configuration: `max_items` must be at least 1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    component: &'static str,
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    /// `field` of `component` (e.g. `"circuit breaker"`, `"batch"`) is
+    /// invalid because of `reason`.
+    pub fn new(component: &'static str, field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            component,
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// What was being configured, e.g. `"batch"`.
+    pub fn component(&self) -> &'static str {
+        self.component
+    }
+
+    /// The offending field, as named by its builder method (e.g.
+    /// `"max_items"`, `"sliding_window.size"`).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} configuration: `{}` {}",
+            self.component, self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// The `Retry-After` value, in whole seconds, for a client that may retry
 /// after `wait`.

@@ -4,44 +4,14 @@ use std::fmt;
 
 use tower::BoxError;
 
-/// An invalid configuration value, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: String,
+/// An invalid configuration value, naming the field (the one type every
+/// palisade builder returns).
+pub use palisade_core::ConfigError;
+
+/// A [`ConfigError`] of this crate's configuration.
+pub(crate) fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new("fan-out", field, reason)
 }
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    /// The offending field, as named by its builder method or strategy
-    /// constructor (e.g. `"quorum.k"`, `"max_extra_load"`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid fan-out configuration: `{}` {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Why one branch of a scatter call produced no response.
 #[derive(Debug)]

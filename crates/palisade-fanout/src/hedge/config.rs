@@ -143,13 +143,13 @@ impl HedgeConfigBuilder {
         if let Delay::Percentile(q) = c.delay
             && !(q > 0.0 && q < 1.0)
         {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "delay.percentile",
                 format!("{q} is not within 0 < q < 1"),
             ));
         }
         if c.max_attempts < 2 {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "max_attempts",
                 format!(
                     "is {} but must be at least 2 (the primary and a hedge)",
@@ -158,25 +158,34 @@ impl HedgeConfigBuilder {
             ));
         }
         if !(0.0..=1.0).contains(&c.max_extra_load) {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "max_extra_load",
                 format!("{} is not within 0.0..=1.0", c.max_extra_load),
             ));
         }
         if !(c.min_hedges_per_sec.is_finite() && c.min_hedges_per_sec >= 0.0) {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "min_hedges_per_sec",
                 format!("{} must be finite and not negative", c.min_hedges_per_sec),
             ));
         }
         if c.budget_window.is_zero() {
-            return Err(ConfigError::new("budget_window", "must be greater than 0"));
+            return Err(crate::error::config_error(
+                "budget_window",
+                "must be greater than 0",
+            ));
         }
         if c.latency_window.is_zero() {
-            return Err(ConfigError::new("latency_window", "must be greater than 0"));
+            return Err(crate::error::config_error(
+                "latency_window",
+                "must be greater than 0",
+            ));
         }
         if c.min_samples == 0 {
-            return Err(ConfigError::new("min_samples", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "min_samples",
+                "must be at least 1",
+            ));
         }
         Ok(c)
     }

@@ -227,16 +227,19 @@ pub struct QuorumState<T> {
 impl Strategy for Quorum {
     fn validate(&self, branches: usize) -> Result<(), ConfigError> {
         if self.k == 0 {
-            return Err(ConfigError::new("quorum.k", "must be at least 1"));
+            return Err(crate::error::config_error("quorum.k", "must be at least 1"));
         }
         if self.k > branches {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "quorum.k",
                 format!("is {} but there are only {branches} branches", self.k),
             ));
         }
         if self.grace.is_some_and(|g| g.is_zero()) {
-            return Err(ConfigError::new("quorum.grace", "must be greater than 0"));
+            return Err(crate::error::config_error(
+                "quorum.grace",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

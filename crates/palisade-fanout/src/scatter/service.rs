@@ -120,7 +120,7 @@ impl<S> ScatterBuilder<S> {
         G: Strategy,
     {
         if self.services.is_empty() {
-            return Err(ConfigError::new("services", "must not be empty"));
+            return Err(crate::error::config_error("services", "must not be empty"));
         }
         for (field, value) in [
             ("ready_timeout", self.ready_timeout),
@@ -128,7 +128,7 @@ impl<S> ScatterBuilder<S> {
             ("deadline", self.deadline),
         ] {
             if value.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::new(field, "must be greater than 0"));
+                return Err(crate::error::config_error(field, "must be greater than 0"));
             }
         }
         gather.validate(self.services.len())?;

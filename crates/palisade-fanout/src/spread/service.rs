@@ -48,7 +48,10 @@ impl SpreadLayer {
     /// [`ConfigError`] naming `concurrency`.
     pub fn new(concurrency: usize) -> Result<Self, ConfigError> {
         if concurrency == 0 {
-            return Err(ConfigError::new("concurrency", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "concurrency",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             concurrency,
