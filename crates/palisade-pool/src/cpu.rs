@@ -215,20 +215,23 @@ impl CpuPool {
     }
 
     /// Runs `job` on a pool thread, waiting for admission if the pool is
-    /// full. Dropping the future before the job starts cancels it.
-    pub async fn run<F, R>(&self, job: F) -> Result<R, Error>
+    /// full. Dropping the future before the job starts cancels it. The
+    /// future does not borrow the pool (spawn it freely).
+    pub fn run<F, R>(&self, job: F) -> impl Future<Output = Result<R, Error>> + Send + 'static
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let permit = self
-            .shared
-            .admitted
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed(Closed::Shutdown))?;
-        execute(self.shared.clone(), permit, job).await
+        let shared = self.shared.clone();
+        async move {
+            let permit = shared
+                .admitted
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed(Closed::Shutdown))?;
+            execute(shared, permit, job).await
+        }
     }
 
     /// Runs `job` if the pool can admit it now; otherwise the future
@@ -331,11 +334,14 @@ where
     // The JoinHandle is not needed: the oneshot carries the answer, and a
     // panic is caught inside.
     drop(tokio::task::spawn_blocking(move || {
-        let _permits = (admitted, running);
+        // Released before the answer is sent, so a caller that has its
+        // answer also sees the capacity back.
+        let permits = (admitted, running);
         let s = &on_thread;
         if tx.is_closed() {
             s.stats.skipped.fetch_add(1, Ordering::Relaxed);
             s.metrics.job(CpuOutcome::Skipped);
+            drop(permits);
             return;
         }
         s.metrics.running.increment(1.0);
@@ -353,6 +359,7 @@ where
                 Err(Error::Panicked(panic_message(&*panic)))
             }
         };
+        drop(permits);
         let _ = tx.send(answer);
     }));
     rx.await.unwrap_or(Err(Error::Closed(Closed::WorkerGone)))

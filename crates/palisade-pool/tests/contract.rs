@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Fate, Log, MS, Task, bounded, pool_error, worker};
 use futures_util::FutureExt;
 use palisade_pool::{Closed, Error, Pool, PoolStats};
-use tokio::time::{Instant, advance, sleep};
+use tokio::time::{Instant, advance};
 use tower::{BoxError, Service, ServiceExt, service_fn};
 
 type TaskPool = Pool<Task, u32>;
@@ -171,7 +171,7 @@ async fn a_dead_worker_is_replaced_from_the_factory_with_backoff() {
     // Each service served a job before dying, so each replacement starts
     // the backoff over: 10 ms every time.
     let times: Vec<Duration> = made.lock().unwrap().iter().map(|t| *t - t0).collect();
-    assert_eq!(times, [0 * MS, 10 * MS, 20 * MS, 30 * MS]);
+    assert_eq!(times, [Duration::ZERO, 10 * MS, 20 * MS, 30 * MS]);
     let s = p.handle().stats();
     assert_eq!((s.ok, s.restarts, s.factory_failures), (5, 3, 0));
 }
@@ -198,7 +198,7 @@ async fn a_service_dying_at_once_backs_off_exponentially_up_to_the_cap() {
     assert_eq!(bounded(p.clone().oneshot(9)).await.unwrap(), (5, 9));
     let times: Vec<Duration> = made.lock().unwrap().iter().map(|t| *t - t0).collect();
     // Delays 10, 20, 25 (capped), 25.
-    assert_eq!(times, [0 * MS, 10 * MS, 30 * MS, 55 * MS, 80 * MS]);
+    assert_eq!(times, [Duration::ZERO, 10 * MS, 30 * MS, 55 * MS, 80 * MS]);
     assert_eq!(Instant::now() - t0, 80 * MS);
 }
 
@@ -497,5 +497,4 @@ async fn the_head_of_line_gap_versus_round_robin_is_exact() {
     // 8 short jobs on 3 free workers: ceil(8 / 3) = 3 rounds of 10 ms.
     assert_eq!(Instant::now() - t0, 30 * MS);
     bounded(slow).await.unwrap();
-    let _ = sleep(MS);
 }
