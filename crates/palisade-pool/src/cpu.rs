@@ -1,19 +1,23 @@
-//! The CPU offload: synchronous functions run on a bounded set of threads
-//! of tokio's blocking pool, off the async reactor.
+//! The CPU offload: synchronous functions run on a dedicated pool of
+//! `threads` threads (a rayon `ThreadPool` per [`CpuPool`]), off the async
+//! reactor.
 //!
-//! Two semaphores bound it. `admitted` (threads + queue capacity permits)
-//! is what callers reserve: `poll_ready` and `try_run` fail fast or wait on
-//! it, so at most that many jobs exist at once. `running` (threads permits)
-//! is taken by the job's own future before it hands the function to
-//! `spawn_blocking`: while it waits there the job is only a future, so a
-//! caller that drops it cancels the job for free, and never more than
-//! `threads` of this pool's functions occupy blocking threads. The thread
-//! checks once more, right before running, that the caller is still there.
+//! One semaphore, `admitted` (threads + queue capacity permits), bounds it:
+//! `poll_ready`, `run` and `try_run` reserve a permit (waiting or failing
+//! fast), the job carries it onto its thread and gives it back when it
+//! ends. So at most that many jobs exist at once, and the rayon queue in
+//! front of the threads never holds more than the queue capacity. A thread
+//! checks, right before running a job, that its caller still waits: a
+//! caller that dropped its future before the job started means the job
+//! never runs.
 //!
-//! Why tokio's blocking pool rather than a dedicated pool: behind the
-//! permit it gives the same throughput as rayon for jobs of 10 µs and more
-//! (see `docs/worker-pool.md` for the numbers), reuses idle threads, and
-//! needs no second thread pool competing for the cores with the runtime's.
+//! Why a dedicated rayon pool rather than tokio's blocking pool behind a
+//! permit (the first design): for many small jobs it was 2.4x the
+//! throughput (`cpu/*` in `docs/worker-pool.md`: each job through
+//! `spawn_blocking` pays a mutex, a condition variable and often a thread
+//! wake-up; rayon's threads take jobs from a queue they are already
+//! watching), its thread count is exactly the bound, and the threads are
+//! named after the pool. tokio's blocking pool stays free for file I/O.
 
 use std::fmt;
 use std::future::Future;
@@ -35,9 +39,9 @@ use crate::metrics::{CpuMetrics, CpuOutcome};
 /// Default [`CpuPoolBuilder::queue_capacity`].
 pub const DEFAULT_CPU_QUEUE_CAPACITY: usize = 256;
 
-/// A bounded CPU offload: runs synchronous functions on at most
-/// [`threads`](CpuPoolBuilder::threads) threads of tokio's blocking pool,
-/// with at most [`queue_capacity`](CpuPoolBuilder::queue_capacity) more
+/// A bounded CPU offload: runs synchronous functions on its own
+/// [`threads`](CpuPoolBuilder::threads) threads (named
+/// `palisade-cpu <name>#<i>`), with at most [`queue_capacity`](CpuPoolBuilder::queue_capacity) more
 /// waiting.
 ///
 /// - [`CpuPool::run`] and [`CpuPool::try_run`] for one closure;
@@ -59,7 +63,7 @@ struct CpuShared {
     threads: usize,
     queue_capacity: usize,
     admitted: Arc<Semaphore>,
-    running: Arc<Semaphore>,
+    threads_pool: rayon::ThreadPool,
     metrics: CpuMetrics,
     stats: CpuCounters,
 }
@@ -113,9 +117,10 @@ impl CpuPoolBuilder {
         self
     }
 
-    /// Most jobs running at once (default
+    /// Threads, the most jobs running at once (default
     /// [`default_parallelism`](crate::default_parallelism)). More than the
-    /// cores only helps jobs that also block on I/O.
+    /// cores only helps jobs that also block on I/O; fewer leaves cores to
+    /// the async runtime.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
         self
@@ -129,13 +134,13 @@ impl CpuPoolBuilder {
         self
     }
 
-    /// Checks the values and builds the pool (no threads start until jobs
-    /// come; they are tokio's blocking threads).
+    /// Checks the values, starts the threads and builds the pool.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `threads` (zero, or more than tokio's
-    /// semaphores allow), `queue_capacity` (too large) or `name` (empty).
+    /// A [`ConfigError`] naming `threads` (zero, too large, or the threads
+    /// could not be started), `queue_capacity` (too large) or `name`
+    /// (empty).
     pub fn build(self) -> Result<CpuPool, ConfigError> {
         let threads = self.threads.unwrap_or_else(default_parallelism);
         if threads == 0 {
@@ -152,26 +157,23 @@ impl CpuPoolBuilder {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         let metrics = CpuMetrics::new(&self.name);
+        let thread_name = self.name.clone();
+        let threads_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("palisade-cpu {thread_name}#{i}"))
+            .build()
+            .map_err(|e| ConfigError::new("threads", format!("cannot start the threads: {e}")))?;
         Ok(CpuPool {
             shared: Arc::new(CpuShared {
                 name: Arc::from(self.name),
                 threads,
                 queue_capacity: self.queue_capacity,
                 admitted: Arc::new(Semaphore::new(threads + self.queue_capacity)),
-                running: Arc::new(Semaphore::new(threads)),
+                threads_pool,
                 metrics,
                 stats: CpuCounters::default(),
             }),
         })
-    }
-}
-
-/// Counts an admitted job waiting for a thread, however it ends.
-struct Waiting<'a>(&'a CpuMetrics);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.queued.decrement(1.0);
     }
 }
 
@@ -308,9 +310,8 @@ impl fmt::Debug for CpuPool {
     }
 }
 
-/// Runs an admitted job: waits for a thread permit as a plain future (so
-/// dropping it cancels the job), then hands the function to tokio's
-/// blocking pool with both permits.
+/// Runs an admitted job: hands the function to the pool's threads with its
+/// admission permit, and waits for the answer.
 async fn execute<F, R>(
     shared: Arc<CpuShared>,
     admitted: OwnedSemaphorePermit,
@@ -320,28 +321,16 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    shared.metrics.queued.increment(1.0);
-    let waiting = Waiting(&shared.metrics);
-    let running = shared
-        .running
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the running semaphore is never closed");
-    drop(waiting);
     let (tx, rx) = oneshot::channel();
+    shared.metrics.queued.increment(1.0);
     let on_thread = shared.clone();
-    // The JoinHandle is not needed: the oneshot carries the answer, and a
-    // panic is caught inside.
-    drop(tokio::task::spawn_blocking(move || {
-        // Released before the answer is sent, so a caller that has its
-        // answer also sees the capacity back.
-        let permits = (admitted, running);
+    shared.threads_pool.spawn(move || {
         let s = &on_thread;
+        s.metrics.queued.decrement(1.0);
         if tx.is_closed() {
             s.stats.skipped.fetch_add(1, Ordering::Relaxed);
             s.metrics.job(CpuOutcome::Skipped);
-            drop(permits);
+            drop(admitted);
             return;
         }
         s.metrics.running.increment(1.0);
@@ -359,9 +348,11 @@ where
                 Err(Error::Panicked(panic_message(&*panic)))
             }
         };
-        drop(permits);
+        // Released before the answer is sent, so a caller that has its
+        // answer also sees the capacity back.
+        drop(admitted);
         let _ = tx.send(answer);
-    }));
+    });
     rx.await.unwrap_or(Err(Error::Closed(Closed::WorkerGone)))
 }
 

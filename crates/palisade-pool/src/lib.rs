@@ -72,9 +72,9 @@
 //!
 //! # `CpuPool`
 //!
-//! Runs synchronous functions on at most
-//! [`threads`](CpuPoolBuilder::threads) (default: the cores) threads of
-//! tokio's blocking pool, with a bounded queue in front: [`CpuPool::run`],
+//! Runs synchronous functions on its own
+//! [`threads`](CpuPoolBuilder::threads) (default: the cores) threads, with
+//! a bounded queue in front: [`CpuPool::run`],
 //! [`CpuPool::try_run`] (fails fast with [`Error::Overloaded`]),
 //! [`CpuPool::map`] (the bounded form of one `spawn_blocking` per item) and
 //! [`CpuPool::service`] (a tower service, backpressure in `poll_ready`). A

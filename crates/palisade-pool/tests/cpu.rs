@@ -96,6 +96,7 @@ async fn a_job_dropped_before_it_starts_never_runs() {
     assert_eq!(bounded(cpu.run(|| 2)).await.unwrap(), 2);
     assert!(!ran.load(Ordering::SeqCst));
     assert_eq!(cpu.stats().ok, 2);
+    assert_eq!(cpu.stats().skipped, 1);
     assert_eq!(cpu.stats().in_flight, 0);
 }
 
