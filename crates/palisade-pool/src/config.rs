@@ -224,7 +224,11 @@ impl<Req: Send + 'static> PoolBuilder<Req> {
     /// service by calling `factory` with its worker index (`0..workers`).
     /// Any [`tower::MakeService`] with target `usize` is such a factory;
     /// `tower::service_fn(|i: usize| async move { … })` makes one from an
-    /// async, fallible closure. Must run inside a tokio runtime.
+    /// async, fallible closure.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (the workers are spawned tasks).
     ///
     /// # Errors
     ///

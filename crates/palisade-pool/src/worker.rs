@@ -33,6 +33,9 @@ pub(crate) struct Worker<M, S, Req, Resp> {
     /// Failures of this slot in a row (deaths and factory errors); sets the
     /// restart delay. Reset by a completed job.
     attempt: u32,
+    /// Made with the worker, not when its task first runs: a worker future
+    /// dropped unpolled (its runtime shutting down) still counts as gone.
+    _live: LiveGuard<Req, Resp>,
 }
 
 /// Marks the worker gone however its task ends, including being dropped
@@ -69,6 +72,7 @@ where
     ) -> Self {
         Self {
             index,
+            _live: LiveGuard(shared.clone()),
             shared,
             factory,
             service: None,
@@ -77,7 +81,6 @@ where
     }
 
     pub(crate) async fn run(mut self) {
-        let _live = LiveGuard(self.shared.clone());
         let shared = self.shared.clone();
         let cut = shared.cut_token().clone();
         let closing = shared.closing().clone();
