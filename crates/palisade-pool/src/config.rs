@@ -222,7 +222,7 @@ impl<Req: Send + 'static> PoolBuilder<Req> {
 
     /// Checks the values and starts the workers; each makes its inner
     /// service by calling `factory` with its worker index (`0..workers`).
-    /// Any [`tower::MakeService`] with target `usize` is such a factory;
+    /// Any `tower::MakeService` with target `usize` is such a factory;
     /// `tower::service_fn(|i: usize| async move { … })` makes one from an
     /// async, fallible closure.
     ///

@@ -5,7 +5,7 @@
 //! # `Pool`
 //!
 //! - **Workers own their service.** Each of the N workers makes its own
-//!   inner service from a factory (a [`tower::MakeService`] with target
+//!   inner service from a factory (a `tower::MakeService` with target
 //!   `usize`, the worker index, or a closure through
 //!   [`PoolBuilder::build_fn`]), so resources that are not `Clone` or not
 //!   `Sync` (a connection, a stateful client, a parser with scratch
@@ -97,7 +97,7 @@
 //!
 //! # Metrics
 //!
-//! Emitted through the [`metrics`] facade (names in [`metric_names`]), each
+//! Emitted through the [`metrics`](::metrics) facade (names in [`metric_names`]), each
 //! labelled `pool` with the pool's name:
 //!
 //! | name | kind | extra labels | meaning |
