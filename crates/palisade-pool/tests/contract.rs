@@ -498,3 +498,36 @@ async fn the_head_of_line_gap_versus_round_robin_is_exact() {
     assert_eq!(Instant::now() - t0, 30 * MS);
     bounded(slow).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_replace_on_panic_the_worker_keeps_its_service() {
+    let log = Log::default();
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let l = log.clone();
+    let mut p: TaskPool = Pool::builder()
+        .workers(1)
+        .replace_on_panic(false)
+        .build_fn(move |i| {
+            m.fetch_add(1, Ordering::SeqCst);
+            worker(i, l.clone())
+        })
+        .unwrap();
+    let boom = submit(
+        &mut p,
+        Task {
+            id: 1,
+            dur: MS,
+            fate: Fate::Panic,
+        },
+    )
+    .await;
+    let after = submit(&mut p, Task::ok(2, MS)).await;
+    assert!(matches!(
+        pool_error(bounded(boom).await.unwrap_err()),
+        Error::Panicked(_)
+    ));
+    assert_eq!(bounded(after).await.unwrap(), 2);
+    assert_eq!(made.load(Ordering::SeqCst), 1);
+    assert_eq!(p.handle().stats().restarts, 0);
+}
