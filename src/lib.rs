@@ -13,6 +13,7 @@
 //! | `shutdown`  | [`shutdown`]           | `palisade-shutdown`  |
 //! | `batch`     | [`batch`]              | `palisade-batch`     |
 //! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
+//! | `pool`      | [`pool`]               | `palisade-pool`      |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -36,6 +37,9 @@ pub use palisade_batch as batch;
 #[cfg(feature = "fanout")]
 #[doc(inline)]
 pub use palisade_fanout as fanout;
+#[cfg(feature = "pool")]
+#[doc(inline)]
+pub use palisade_pool as pool;
 
 pub mod http;
 

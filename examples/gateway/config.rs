@@ -46,6 +46,8 @@ pub struct Config {
     pub scatter: crate::scatter::ScatterConfig,
     /// `[hedge]`: hedged idempotent requests (palisade-fanout).
     pub hedge: crate::hedge::HedgeConfig,
+    /// `[cpu]`: the demo upstream's `/cpu/{ms}` route (palisade-pool).
+    pub cpu: crate::cpu::CpuConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

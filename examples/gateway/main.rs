@@ -22,6 +22,7 @@ mod batch;
 mod body;
 mod breaker;
 mod config;
+mod cpu;
 mod hedge;
 mod pool;
 mod proxy;
@@ -144,11 +145,17 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
         let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+        let cpu = cpu::route(&config.cpu)?;
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         backends.spawn(
             "demo-upstream",
-            upstream::serve(listener, faults.clone(), backends.token().cancelled_owned()),
+            upstream::serve(
+                listener,
+                faults.clone(),
+                cpu,
+                backends.token().cancelled_owned(),
+            ),
         );
         tracing::info!("demo upstream listening on http://{addr}");
         upstreams.push(format!("http://{addr}").parse()?);
@@ -247,6 +254,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
 async fn run_demo_upstream_only(config: &Config) -> Result<(), BoxError> {
     let shutdown = shutdown_signal()?;
     let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+    let cpu = cpu::route(&config.cpu)?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -254,7 +262,7 @@ async fn run_demo_upstream_only(config: &Config) -> Result<(), BoxError> {
         "demo upstream listening on http://{}",
         listener.local_addr()?
     );
-    upstream::serve(listener, faults, shutdown).await;
+    upstream::serve(listener, faults, cpu, shutdown).await;
     Ok(())
 }
 

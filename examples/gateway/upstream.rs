@@ -15,6 +15,8 @@
 //!   gateway's `[batch]` turns the first into the second); the calls of each
 //!   kind are counted and shown at the gateway's `/demo/stats`
 //! - `/hop-by-hop` → a response carrying hop-by-hop headers (proxy tests)
+//! - `/cpu/{ms}` → spins a CPU for `ms` milliseconds off the reactor,
+//!   bounded by `[cpu]` (`cpu.rs`); over the bound, `503`
 //!
 //! Fault injection ([`Faults`]) applies to every route: added latency, then
 //! a deterministic share of 500 answers. The gateway exposes it at
@@ -136,14 +138,23 @@ impl Faults {
 }
 
 /// Serves the demo upstream on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, faults: Faults, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    faults: Faults,
+    cpu: crate::cpu::CpuRoute,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let served_by = listener
         .local_addr()
         .ok()
         .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
         .unwrap_or(HeaderValue::from_static("unknown"));
-    let ctx = Arc::new(Ctx { faults, served_by });
+    let ctx = Arc::new(Ctx {
+        faults,
+        served_by,
+        cpu,
+    });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -176,6 +187,8 @@ struct Ctx {
     faults: Faults,
     /// This server's address, for `x-echo-served-by`.
     served_by: HeaderValue,
+    /// `/cpu/{ms}`.
+    cpu: crate::cpu::CpuRoute,
 }
 
 async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, Infallible> {
@@ -225,6 +238,8 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>,
         items(req.uri().query())
     } else if path == "/hop-by-hop" {
         hop_by_hop()
+    } else if let Some(ms) = path.strip_prefix("/cpu/") {
+        ctx.cpu.handle(ms).await
     } else {
         text(StatusCode::NOT_FOUND, "not found\n")
     };

@@ -1,0 +1,34 @@
+//! Spawning the worker tasks with names.
+
+use std::future::Future;
+
+use tracing::Instrument;
+
+/// Spawns worker `index` of pool `name` on the current tokio runtime, inside
+/// a span naming both. Built with `--cfg tokio_unstable`, the task itself is
+/// named `palisade-pool worker <name>#<index>`, which is what tokio-console
+/// shows.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, as `tokio::spawn` does.
+pub(crate) fn spawn_worker<F>(name: &str, index: usize, worker: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let worker = worker
+        .instrument(tracing::info_span!("palisade-pool worker", pool = %name, worker = index));
+    #[cfg(tokio_unstable)]
+    {
+        let task = format!("palisade-pool worker {name}#{index}");
+        // Builder::spawn fails only when the runtime is shutting down; the
+        // worker future is then dropped, and its guard answers and closes.
+        if let Err(e) = tokio::task::Builder::new().name(&task).spawn(worker) {
+            tracing::error!(pool = %name, error = %e, "cannot spawn a pool worker");
+        }
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        drop(tokio::spawn(worker));
+    }
+}
