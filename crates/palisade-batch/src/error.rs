@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tower::BoxError;
 
 /// Why a call through a [`Batch`](crate::Batch) failed.
 ///
@@ -51,35 +50,7 @@ pub enum Closed {
     WorkerGone,
 }
 
-/// An error shared by every caller it reaches: the inner service's error
-/// behind an `Arc`, since errors need not be `Clone`.
-#[derive(Clone)]
-pub struct SharedError(Arc<BoxError>);
-
-// === impl SharedError ===
-
-impl SharedError {
-    pub(crate) fn new(err: BoxError) -> Self {
-        Self(Arc::new(err))
-    }
-
-    /// The inner service's error.
-    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &**self.0
-    }
-}
-
-impl fmt::Debug for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Display for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
+pub use palisade_core::SharedError;
 
 // === impl Error ===
 
@@ -135,13 +106,4 @@ pub(crate) fn config_error(field: &'static str, reason: impl Into<String>) -> Co
     ConfigError::new("batch", field, reason)
 }
 
-/// The message of a caught panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        Arc::from(*s)
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        Arc::from(s.as_str())
-    } else {
-        Arc::from("(non-string panic payload)")
-    }
-}
+pub(crate) use palisade_core::panic_message;

@@ -9,6 +9,9 @@
 //!   `tower::BoxError`).
 //! - [`ConfigError`]: an invalid configuration value, naming the field, as
 //!   every builder's `build()` returns it.
+//! - [`SharedError`] and [`panic_message`]: how a worker-backed middleware
+//!   (batching, pools) hands one failure, or a caught panic, to every caller
+//!   it concerns.
 //!
 //! This crate is small on purpose and its API is stable: the pattern crates
 //! (rate limiting, circuit breaking, shutdown, batching, fan-out) depend on
@@ -25,6 +28,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod clock;
@@ -88,6 +92,48 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// An error shared by every caller it reaches (all callers of a failed
+/// batch, say): the original error behind an `Arc`, since errors need not be
+/// `Clone`.
+#[derive(Clone)]
+pub struct SharedError(Arc<BoxError>);
+
+impl SharedError {
+    /// Shares `err`.
+    pub fn new(err: BoxError) -> Self {
+        Self(Arc::new(err))
+    }
+
+    /// The original error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &**self.0
+    }
+}
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The message of a caught panic payload (`&str` and `String` payloads; any
+/// other is named as such).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        Arc::from(*s)
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        Arc::from(s.as_str())
+    } else {
+        Arc::from("(non-string panic payload)")
+    }
+}
 
 /// The `Retry-After` value, in whole seconds, for a client that may retry
 /// after `wait`.

@@ -178,35 +178,38 @@ impl<Req: Send + 'static> PoolBuilder<Req> {
     fn settings(self) -> Result<Settings<Req>, ConfigError> {
         let workers = self.workers.unwrap_or_else(default_parallelism);
         if workers == 0 {
-            return Err(ConfigError::new("workers", "must be at least 1"));
+            return Err(crate::error::config_error("workers", "must be at least 1"));
         }
         if self.queue_capacity == 0 {
-            return Err(ConfigError::new("queue_capacity", "must be at least 1"));
+            return Err(crate::error::config_error(
+                "queue_capacity",
+                "must be at least 1",
+            ));
         }
         if self.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::new("queue_capacity", "is too large"));
+            return Err(crate::error::config_error("queue_capacity", "is too large"));
         }
         let (initial, max) = self.backoff;
         if initial.is_zero() {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "restart_backoff",
                 "initial must be positive",
             ));
         }
         if max < initial {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "restart_backoff",
                 "max must be at least initial",
             ));
         }
         if self.max_factory_failures == 0 {
-            return Err(ConfigError::new(
+            return Err(crate::error::config_error(
                 "max_factory_failures",
                 "must be at least 1",
             ));
         }
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(crate::error::config_error("name", "must not be empty"));
         }
         Ok(Settings {
             name: Arc::from(self.name),

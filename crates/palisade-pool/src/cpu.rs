@@ -144,17 +144,17 @@ impl CpuPoolBuilder {
     pub fn build(self) -> Result<CpuPool, ConfigError> {
         let threads = self.threads.unwrap_or_else(default_parallelism);
         if threads == 0 {
-            return Err(ConfigError::new("threads", "must be at least 1"));
+            return Err(crate::error::config_error("threads", "must be at least 1"));
         }
         let max = Semaphore::MAX_PERMITS / 2;
         if threads > max {
-            return Err(ConfigError::new("threads", "is too large"));
+            return Err(crate::error::config_error("threads", "is too large"));
         }
         if self.queue_capacity > max {
-            return Err(ConfigError::new("queue_capacity", "is too large"));
+            return Err(crate::error::config_error("queue_capacity", "is too large"));
         }
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(crate::error::config_error("name", "must not be empty"));
         }
         let metrics = CpuMetrics::new(&self.name);
         let thread_name = self.name.clone();
@@ -162,7 +162,9 @@ impl CpuPoolBuilder {
             .num_threads(threads)
             .thread_name(move |i| format!("palisade-cpu {thread_name}#{i}"))
             .build()
-            .map_err(|e| ConfigError::new("threads", format!("cannot start the threads: {e}")))?;
+            .map_err(|e| {
+                crate::error::config_error("threads", format!("cannot start the threads: {e}"))
+            })?;
         Ok(CpuPool {
             shared: Arc::new(CpuShared {
                 name: Arc::from(self.name),

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tower::BoxError;
 
 /// Why a job sent through a [`Pool`](crate::Pool) or a
 /// [`CpuPool`](crate::CpuPool) failed, when the pool itself (not the job's
@@ -46,35 +45,7 @@ pub enum Closed {
     WorkerGone,
 }
 
-/// An error shared by every caller it reaches, behind an `Arc` since errors
-/// need not be `Clone`.
-#[derive(Clone)]
-pub struct SharedError(Arc<BoxError>);
-
-// === impl SharedError ===
-
-impl SharedError {
-    pub(crate) fn new(err: BoxError) -> Self {
-        Self(Arc::new(err))
-    }
-
-    /// The wrapped error.
-    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &**self.0
-    }
-}
-
-impl fmt::Debug for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Display for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
+pub use palisade_core::SharedError;
 
 // === impl Error ===
 
@@ -117,52 +88,13 @@ impl fmt::Display for Closed {
     }
 }
 
-/// An invalid configuration value, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: String,
+/// An invalid configuration value, naming the field (the one type every
+/// palisade builder returns).
+pub use palisade_core::ConfigError;
+
+/// A [`ConfigError`] of this crate's configuration.
+pub(crate) fn config_error(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new("pool", field, reason)
 }
 
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    /// The offending field, as named by its builder method (e.g.
-    /// `"workers"`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid pool configuration: `{}` {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The message of a caught panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        Arc::from(*s)
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        Arc::from(s.as_str())
-    } else {
-        Arc::from("(non-string panic payload)")
-    }
-}
+pub(crate) use palisade_core::panic_message;
