@@ -13,6 +13,7 @@
 //! | `shutdown`  | [`shutdown`]           | `palisade-shutdown`  |
 //! | `batch`     | [`batch`]              | `palisade-batch`     |
 //! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
+//! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -36,6 +37,9 @@ pub use palisade_batch as batch;
 #[cfg(feature = "fanout")]
 #[doc(inline)]
 pub use palisade_fanout as fanout;
+#[cfg(feature = "pipeline")]
+#[doc(inline)]
+pub use palisade_pipeline as pipeline;
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,0 +1,236 @@
+//! The loop of one stage: take items from the queue in front, call the
+//! stage's service up to `concurrency` at once, release the results in the
+//! stage's order, hand them to the next queue, and on a cut count what it
+//! holds.
+//!
+//! The loop never waits on one thing alone: readiness of the service, the
+//! calls in flight, room downstream and the next input are polled together,
+//! so a result leaves as soon as it exists (no item waits for the next one
+//! to arrive) and a service whose readiness depends on its own calls
+//! finishing cannot deadlock the stage.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::future::{FutureExt, poll_fn};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
+use tower_service::Service;
+
+use crate::error::Error;
+use crate::item::Item;
+use crate::reorder::{Mode, Reorder};
+use crate::stats::StageShared;
+
+/// Hashes a per-key stage's input to its ordering key.
+pub(crate) type KeyFn<A> = Arc<dyn Fn(&A) -> u64 + Send + Sync>;
+
+/// Failed items in a per-key stage share this key: they are released as
+/// soon as they arrive, behind earlier failures only.
+const ERROR_KEY: u64 = u64::MAX;
+
+pub(crate) struct StageTask<S, A, B> {
+    pub(crate) service: S,
+    pub(crate) rx: mpsc::Receiver<Item<A>>,
+    pub(crate) tx: mpsc::Sender<Item<B>>,
+    pub(crate) shared: Arc<StageShared>,
+    pub(crate) mode: Mode,
+    pub(crate) key: Option<KeyFn<A>>,
+    pub(crate) cut: CancellationToken,
+    /// Dropped when the task ends, however it ends; the drain waits for
+    /// every such sender to be gone.
+    pub(crate) _alive: mpsc::Sender<()>,
+}
+
+struct Done<B> {
+    ticket: u64,
+    key: u64,
+    item: Item<B>,
+    took: Duration,
+}
+
+/// A received item waiting for the service to be ready.
+struct Pending<A> {
+    ticket: u64,
+    key: u64,
+    seq: u64,
+    value: A,
+}
+
+impl<S, A, B> StageTask<S, A, B>
+where
+    S: Service<A, Response = B> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    A: Send + 'static,
+    B: Send + 'static,
+{
+    pub(crate) async fn run(self) {
+        let Self {
+            mut service,
+            mut rx,
+            tx,
+            shared,
+            mode,
+            key,
+            cut,
+            _alive,
+        } = self;
+        let concurrency = shared.concurrency;
+        let window = shared.window;
+        let mut in_flight = FuturesUnordered::new();
+        let mut reorder: Reorder<Item<B>> = Reorder::new(mode);
+        let mut ready: VecDeque<Item<B>> = VecDeque::new();
+        let mut pending: Option<Pending<A>> = None;
+        let mut input_open = true;
+
+        loop {
+            let held = reorder.held() + ready.len();
+            shared.set_levels(in_flight.len(), held);
+            if !input_open && held == 0 {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = cut.cancelled() => {
+                    // Whatever is held (pending, in flight, waiting) is dropped
+                    // with `in_flight` and `reorder`; the queue is emptied so
+                    // each of its items is counted here exactly once.
+                    let dropped = held as u64 + close_and_count(&mut rx, &shared).await;
+                    shared.cut.fetch_add(dropped, Ordering::Relaxed);
+                    shared.metrics.cut.increment(dropped);
+                    return;
+                }
+                permit = tx.reserve(), if !ready.is_empty() => {
+                    let Ok(permit) = permit else {
+                        // The next stage or the output is gone: nothing held
+                        // here can be delivered any more.
+                        let dropped = held as u64 + close_and_count(&mut rx, &shared).await;
+                        shared.cut.fetch_add(dropped, Ordering::Relaxed);
+                        shared.metrics.cut.increment(dropped);
+                        return;
+                    };
+                    permit.send(ready.pop_front().expect("ready is not empty"));
+                    shared.out.fetch_add(1, Ordering::Release);
+                    shared.metrics.items_out.increment(1);
+                }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    let done: Done<B> = done;
+                    shared
+                        .busy_nanos
+                        .fetch_add(u64::try_from(done.took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    shared.metrics.service_time.record(done.took.as_secs_f64());
+                    if let Err(e) = &done.item.value {
+                        count_failure(&shared, e);
+                    }
+                    reorder.complete(done.ticket, done.key, done.item, &mut ready);
+                }
+                ready_now = poll_fn(|cx| poll_ready::<S, A>(&mut service, cx)),
+                    if pending.is_some() && in_flight.len() < concurrency =>
+                {
+                    let p = pending.take().expect("pending is some");
+                    let name = shared.name.clone();
+                    let call = match ready_now {
+                        Ok(()) => catch_unwind(AssertUnwindSafe(|| service.call(p.value)))
+                            .map_err(|panic| Error::panicked(name.clone(), p.seq, &*panic)),
+                        Err(NotReady::Failed(e)) => Err(Error::failed(name.clone(), p.seq, e)),
+                        Err(NotReady::Panicked(panic)) => Err(Error::panicked(name.clone(), p.seq, &*panic)),
+                    };
+                    match call {
+                        Ok(fut) => {
+                            let (ticket, key, seq) = (p.ticket, p.key, p.seq);
+                            in_flight.push(async move {
+                                let start = Instant::now();
+                                let result = AssertUnwindSafe(fut).catch_unwind().await;
+                                let took = start.elapsed();
+                                let value = match result {
+                                    Ok(Ok(out)) => Ok(out),
+                                    Ok(Err(e)) => Err(Error::failed(name, seq, e.into())),
+                                    Err(panic) => Err(Error::panicked(name, seq, &*panic)),
+                                };
+                                Done { ticket, key, item: Item { seq, value }, took }
+                            });
+                        }
+                        Err(e) => {
+                            count_failure(&shared, &e);
+                            let item = Item { seq: p.seq, value: Err(e) };
+                            reorder.complete(p.ticket, p.key, item, &mut ready);
+                        }
+                    }
+                }
+                next = rx.recv(), if input_open && pending.is_none() && held < window => {
+                    let Some(item) = next else {
+                        input_open = false;
+                        continue;
+                    };
+                    shared.received.fetch_add(1, Ordering::Release);
+                    shared.metrics.items_in.increment(1);
+                    match item.value {
+                        Ok(value) => {
+                            let k = key.as_ref().map_or(0, |f| f(&value));
+                            let ticket = reorder.admit(k);
+                            pending = Some(Pending { ticket, key: k, seq: item.seq, value });
+                        }
+                        // Failed upstream: passed on in its place, untouched.
+                        Err(e) => {
+                            let ticket = reorder.admit(ERROR_KEY);
+                            let item = Item { seq: item.seq, value: Err(e) };
+                            reorder.complete(ticket, ERROR_KEY, item, &mut ready);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why `poll_ready` did not make the service ready.
+enum NotReady {
+    Failed(BoxError),
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// `poll_ready` with a panic caught, so the stage fails the item instead
+/// of dying.
+fn poll_ready<S, A>(service: &mut S, cx: &mut std::task::Context<'_>) -> Poll<Result<(), NotReady>>
+where
+    S: Service<A>,
+    S::Error: Into<BoxError>,
+{
+    match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(|e| NotReady::Failed(e.into()))),
+        Err(panic) => Poll::Ready(Err(NotReady::Panicked(panic))),
+    }
+}
+
+fn count_failure(shared: &StageShared, e: &Error) {
+    if e.is_panic() {
+        shared.panicked.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.panicked.increment(1);
+    } else {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.failed.increment(1);
+    }
+}
+
+/// Closes the queue and counts (as received) what was still in it. `recv`
+/// after `close` returns `None` only once every reserved slot has been used
+/// or released, so an item an upstream stage was sending is counted too.
+pub(crate) async fn close_and_count<T>(rx: &mut mpsc::Receiver<T>, shared: &StageShared) -> u64 {
+    rx.close();
+    let mut n = 0;
+    while rx.recv().await.is_some() {
+        n += 1;
+    }
+    shared.received.fetch_add(n, Ordering::Release);
+    shared.metrics.items_in.increment(n);
+    n
+}
