@@ -54,7 +54,10 @@ fn paused() -> tokio::runtime::Runtime {
 }
 
 fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The seed's design: one task, every stage of an item in series.
@@ -79,7 +82,11 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<u64, Infallible>> + Send + 'static,
 {
-    let config = |name: &str| StageConfig::new(name).concurrency(concurrency).queue_capacity(QUEUE);
+    let config = |name: &str| {
+        StageConfig::new(name)
+            .concurrency(concurrency)
+            .queue_capacity(QUEUE)
+    };
     let (_h, out) = PipelineBuilder::new("bench")
         .stage(config("a"), from_fn(stage.clone()))
         .stage(config("b"), from_fn(stage.clone()))
@@ -171,7 +178,9 @@ fn noop_overhead(c: &mut Criterion) {
     let rt = current_thread();
     g.bench_function("channels", |b| b.iter(|| rt.block_on(channels(NOOP_ITEMS))));
     g.bench_function("buffered", |b| b.iter(|| rt.block_on(buffered(NOOP_ITEMS))));
-    g.bench_function("palisade", |b| b.iter(|| rt.block_on(palisade(NOOP_ITEMS, 1, noop))));
+    g.bench_function("palisade", |b| {
+        b.iter(|| rt.block_on(palisade(NOOP_ITEMS, 1, noop)))
+    });
     g.finish();
 }
 

@@ -366,28 +366,39 @@ async fn feed<In, St>(
     let input = std::pin::pin!(input);
     let mut input = input.fuse();
     let mut seq = 0u64;
+    // Made once: a cancellation future registers with its token when
+    // polled, which is not free per item.
+    let mut cut = std::pin::pin!(control.cut.clone().cancelled_owned());
+    let mut close = std::pin::pin!(control.close.clone().cancelled_owned());
     loop {
         let next = tokio::select! {
             biased;
-            () = control.cut.cancelled() => break,
-            () = control.close.cancelled() => break,
+            () = &mut cut => break,
+            () = &mut close => break,
             next = input.next() => next,
         };
         let Some(value) = next else { break };
         // Taken from the input, it is the pipeline's: only a cut drops it.
-        let permit = tokio::select! {
-            biased;
-            () = control.cut.cancelled() => None,
-            permit = first.tx.reserve() => permit.ok(),
-        };
-        let Some(permit) = permit else {
-            control.input_cut.fetch_add(1, Ordering::Relaxed);
-            break;
-        };
-        permit.send(Item {
+        let item = Item {
             seq,
             value: Ok(value),
-        });
+        };
+        if let Err(e) = first.tx.try_send(item) {
+            let mpsc::error::TrySendError::Full(item) = e else {
+                control.input_cut.fetch_add(1, Ordering::Relaxed);
+                break;
+            };
+            let permit = tokio::select! {
+                biased;
+                () = &mut cut => None,
+                permit = first.tx.reserve() => permit.ok(),
+            };
+            let Some(permit) = permit else {
+                control.input_cut.fetch_add(1, Ordering::Relaxed);
+                break;
+            };
+            permit.send(item);
+        }
         first.sent.fetch_add(1, Ordering::Release);
         seq += 1;
     }

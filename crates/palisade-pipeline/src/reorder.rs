@@ -68,6 +68,17 @@ impl<T> Reorder<T> {
                 self.held -= 1;
                 out.push_back(value);
             }
+            // The common case, in order already: no map traffic.
+            Mode::Ordered if ticket == self.next_release => {
+                self.next_release += 1;
+                self.held -= 1;
+                out.push_back(value);
+                while let Some(v) = self.done.remove(&self.next_release) {
+                    self.next_release += 1;
+                    self.held -= 1;
+                    out.push_back(v);
+                }
+            }
             Mode::Ordered => {
                 self.done.insert(ticket, value);
                 while let Some(v) = self.done.remove(&self.next_release) {

@@ -67,17 +67,22 @@ impl StageShared {
         }
     }
 
-    /// Only the stage's own worker writes these levels, so a load and a
-    /// store are enough.
-    pub(crate) fn set_levels(&self, in_flight: usize, held: usize) {
-        self.in_flight.store(in_flight, Ordering::Relaxed);
-        self.held.store(held, Ordering::Relaxed);
+    /// Only the stage's own worker writes the levels and peaks, so a load
+    /// and a store are enough.
+    pub(crate) fn note_peaks(&self, in_flight: usize, held: usize) {
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
             self.peak_in_flight.store(in_flight, Ordering::Relaxed);
         }
         if held > self.peak_held.load(Ordering::Relaxed) {
             self.peak_held.store(held, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes the current levels; the worker calls it before it sleeps.
+    pub(crate) fn set_levels(&self, in_flight: usize, held: usize) {
+        self.note_peaks(in_flight, held);
+        self.in_flight.store(in_flight, Ordering::Relaxed);
+        self.held.store(held, Ordering::Relaxed);
         self.metrics.in_flight.set(in_flight as f64);
         self.metrics.queue_depth.set(self.queue_depth() as f64);
     }

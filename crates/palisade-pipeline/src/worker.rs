@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use futures_util::future::{FutureExt, poll_fn};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSender};
 use tower::BoxError;
 use tower_service::Service;
 
@@ -85,110 +87,183 @@ where
         } = self;
         let concurrency = shared.concurrency;
         let window = shared.window;
+        let mut tx = PollSender::new(tx);
         let mut in_flight = FuturesUnordered::new();
         let mut reorder: Reorder<Item<B>> = Reorder::new(mode);
         let mut ready: VecDeque<Item<B>> = VecDeque::new();
         let mut pending: Option<Pending<A>> = None;
         let mut input_open = true;
+        let mut cut = std::pin::pin!(cut.cancelled_owned());
 
-        loop {
-            let held = reorder.held() + ready.len();
-            shared.set_levels(in_flight.len(), held);
-            if !input_open && held == 0 {
-                break;
+        // One poll drives every source until none makes progress; each one
+        // left Pending has registered the waker, and a source skipped for a
+        // condition is polled again as soon as another's progress changes it.
+        let end = poll_fn(|cx| {
+            if cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Cut);
             }
-            tokio::select! {
-                biased;
-                () = cut.cancelled() => {
-                    // Whatever is held (pending, in flight, waiting) is dropped
-                    // with `in_flight` and `reorder`; the queue is emptied so
-                    // each of its items is counted here exactly once.
-                    let dropped = held as u64 + close_and_count(&mut rx, &shared).await;
-                    shared.cut.fetch_add(dropped, Ordering::Relaxed);
-                    shared.metrics.cut.increment(dropped);
-                    return;
-                }
-                permit = tx.reserve(), if !ready.is_empty() => {
-                    let Ok(permit) = permit else {
+            loop {
+                let mut progress = false;
+                while let Some(item) = ready.pop_front() {
+                    // Room now: a plain `try_send`, no reservation future.
+                    let item = match tx.get_ref().map(|inner| inner.try_send(item)) {
+                        Some(Ok(())) => {
+                            // A reservation left waiting earlier would hold
+                            // a slot of the next queue; give it back.
+                            tx.abort_send();
+                            shared.out.fetch_add(1, Ordering::Release);
+                            shared.metrics.items_out.increment(1);
+                            progress = true;
+                            continue;
+                        }
+                        Some(Err(TrySendError::Full(item))) => item,
+                        Some(Err(TrySendError::Closed(_))) | None => return Poll::Ready(End::Gone),
+                    };
+                    match tx.poll_reserve(cx) {
+                        Poll::Ready(Ok(())) => {
+                            if tx.send_item(item).is_err() {
+                                return Poll::Ready(End::Gone);
+                            }
+                            shared.out.fetch_add(1, Ordering::Release);
+                            shared.metrics.items_out.increment(1);
+                            progress = true;
+                        }
                         // The next stage or the output is gone: nothing held
                         // here can be delivered any more.
-                        let dropped = held as u64 + close_and_count(&mut rx, &shared).await;
-                        shared.cut.fetch_add(dropped, Ordering::Relaxed);
-                        shared.metrics.cut.increment(dropped);
-                        return;
-                    };
-                    permit.send(ready.pop_front().expect("ready is not empty"));
-                    shared.out.fetch_add(1, Ordering::Release);
-                    shared.metrics.items_out.increment(1);
+                        Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                        Poll::Pending => {
+                            ready.push_front(item);
+                            break;
+                        }
+                    }
                 }
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                while let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
                     let done: Done<B> = done;
-                    shared
-                        .busy_nanos
-                        .fetch_add(u64::try_from(done.took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    shared.busy_nanos.fetch_add(
+                        u64::try_from(done.took.as_nanos()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                     shared.metrics.service_time.record(done.took.as_secs_f64());
                     if let Err(e) = &done.item.value {
                         count_failure(&shared, e);
                     }
                     reorder.complete(done.ticket, done.key, done.item, &mut ready);
+                    progress = true;
                 }
-                ready_now = poll_fn(|cx| poll_ready::<S, A>(&mut service, cx)),
-                    if pending.is_some() && in_flight.len() < concurrency =>
-                {
-                    let p = pending.take().expect("pending is some");
-                    let name = shared.name.clone();
-                    let call = match ready_now {
-                        Ok(()) => catch_unwind(AssertUnwindSafe(|| service.call(p.value)))
-                            .map_err(|panic| Error::panicked(name.clone(), p.seq, &*panic)),
-                        Err(NotReady::Failed(e)) => Err(Error::failed(name.clone(), p.seq, e)),
-                        Err(NotReady::Panicked(panic)) => Err(Error::panicked(name.clone(), p.seq, &*panic)),
-                    };
-                    match call {
-                        Ok(fut) => {
-                            let (ticket, key, seq) = (p.ticket, p.key, p.seq);
-                            in_flight.push(async move {
-                                let start = Instant::now();
-                                let result = AssertUnwindSafe(fut).catch_unwind().await;
-                                let took = start.elapsed();
-                                let value = match result {
-                                    Ok(Ok(out)) => Ok(out),
-                                    Ok(Err(e)) => Err(Error::failed(name, seq, e.into())),
-                                    Err(panic) => Err(Error::panicked(name, seq, &*panic)),
+                if pending.is_some() && in_flight.len() < concurrency {
+                    if let Poll::Ready(ready_now) = poll_ready::<S, A>(&mut service, cx) {
+                        let p = pending.take().expect("pending is some");
+                        let name = shared.name.clone();
+                        let call = match ready_now {
+                            Ok(()) => catch_unwind(AssertUnwindSafe(|| service.call(p.value)))
+                                .map_err(|panic| Error::panicked(name.clone(), p.seq, &*panic)),
+                            Err(NotReady::Failed(e)) => Err(Error::failed(name.clone(), p.seq, e)),
+                            Err(NotReady::Panicked(panic)) => {
+                                Err(Error::panicked(name.clone(), p.seq, &*panic))
+                            }
+                        };
+                        match call {
+                            Ok(fut) => {
+                                let (ticket, key, seq) = (p.ticket, p.key, p.seq);
+                                in_flight.push(async move {
+                                    let start = Instant::now();
+                                    let result = AssertUnwindSafe(fut).catch_unwind().await;
+                                    let took = start.elapsed();
+                                    let value = match result {
+                                        Ok(Ok(out)) => Ok(out),
+                                        Ok(Err(e)) => Err(Error::failed(name, seq, e.into())),
+                                        Err(panic) => Err(Error::panicked(name, seq, &*panic)),
+                                    };
+                                    Done {
+                                        ticket,
+                                        key,
+                                        item: Item { seq, value },
+                                        took,
+                                    }
+                                });
+                            }
+                            Err(e) => {
+                                count_failure(&shared, &e);
+                                let item = Item {
+                                    seq: p.seq,
+                                    value: Err(e),
                                 };
-                                Done { ticket, key, item: Item { seq, value }, took }
-                            });
+                                reorder.complete(p.ticket, p.key, item, &mut ready);
+                            }
                         }
-                        Err(e) => {
-                            count_failure(&shared, &e);
-                            let item = Item { seq: p.seq, value: Err(e) };
-                            reorder.complete(p.ticket, p.key, item, &mut ready);
-                        }
+                        progress = true;
                     }
                 }
-                next = rx.recv(), if input_open && pending.is_none() && held < window => {
-                    let Some(item) = next else {
-                        input_open = false;
-                        continue;
-                    };
-                    shared.received.fetch_add(1, Ordering::Release);
-                    shared.metrics.items_in.increment(1);
-                    match item.value {
-                        Ok(value) => {
-                            let k = key.as_ref().map_or(0, |f| f(&value));
-                            let ticket = reorder.admit(k);
-                            pending = Some(Pending { ticket, key: k, seq: item.seq, value });
+                let held = reorder.held() + ready.len();
+                if input_open && pending.is_none() && held < window {
+                    match rx.poll_recv(cx) {
+                        Poll::Ready(Some(item)) => {
+                            shared.received.fetch_add(1, Ordering::Release);
+                            shared.metrics.items_in.increment(1);
+                            match item.value {
+                                Ok(value) => {
+                                    let k = key.as_ref().map_or(0, |f| f(&value));
+                                    let ticket = reorder.admit(k);
+                                    pending = Some(Pending {
+                                        ticket,
+                                        key: k,
+                                        seq: item.seq,
+                                        value,
+                                    });
+                                }
+                                // Failed upstream: passed on in its place, untouched.
+                                Err(e) => {
+                                    let ticket = reorder.admit(ERROR_KEY);
+                                    let item = Item {
+                                        seq: item.seq,
+                                        value: Err(e),
+                                    };
+                                    reorder.complete(ticket, ERROR_KEY, item, &mut ready);
+                                }
+                            }
+                            progress = true;
                         }
-                        // Failed upstream: passed on in its place, untouched.
-                        Err(e) => {
-                            let ticket = reorder.admit(ERROR_KEY);
-                            let item = Item { seq: item.seq, value: Err(e) };
-                            reorder.complete(ticket, ERROR_KEY, item, &mut ready);
+                        Poll::Ready(None) => {
+                            input_open = false;
+                            progress = true;
                         }
+                        Poll::Pending => {}
                     }
                 }
+                let held = reorder.held() + ready.len();
+                if !progress {
+                    shared.set_levels(in_flight.len(), held);
+                    if !input_open && held == 0 {
+                        return Poll::Ready(End::Done);
+                    }
+                    return Poll::Pending;
+                }
+                shared.note_peaks(in_flight.len(), held);
             }
+        })
+        .await;
+        if end != End::Done {
+            // Whatever is held (pending, in flight, waiting) is dropped with
+            // `in_flight` and `reorder`; the queue is emptied so each of its
+            // items is counted here exactly once.
+            let held = (reorder.held() + ready.len()) as u64;
+            drop(in_flight);
+            let dropped = held + close_and_count(&mut rx, &shared).await;
+            shared.cut.fetch_add(dropped, Ordering::Relaxed);
+            shared.metrics.cut.increment(dropped);
+            shared.set_levels(0, 0);
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Input closed and everything handed on.
+    Done,
+    /// The pipeline was cut.
+    Cut,
+    /// The receiver of this stage's output is gone.
+    Gone,
 }
 
 /// Why `poll_ready` did not make the service ready.
