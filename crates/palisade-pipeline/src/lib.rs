@@ -77,6 +77,7 @@ mod config;
 mod error;
 mod fanout;
 mod handle;
+mod inflight;
 mod item;
 mod metrics;
 mod output;

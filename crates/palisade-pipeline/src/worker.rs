@@ -14,10 +14,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_util::future::{FutureExt, poll_fn};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -27,6 +25,7 @@ use tower::BoxError;
 use tower_service::Service;
 
 use crate::error::Error;
+use crate::inflight::InFlight;
 use crate::item::Item;
 use crate::reorder::{Mode, Reorder};
 use crate::stats::StageShared;
@@ -54,8 +53,9 @@ pub(crate) struct StageTask<S, A, B> {
 struct Done<B> {
     ticket: u64,
     key: u64,
-    item: Item<B>,
-    took: Duration,
+    seq: u64,
+    result: Result<B, NotReady>,
+    started: Instant,
 }
 
 /// A received item waiting for the service to be ready.
@@ -88,7 +88,7 @@ where
         let concurrency = shared.concurrency;
         let window = shared.window;
         let mut tx = PollSender::new(tx);
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight = InFlight::new(concurrency);
         let mut reorder: Reorder<Item<B>> = Reorder::new(mode);
         let mut ready: VecDeque<Item<B>> = VecDeque::new();
         let mut pending: Option<Pending<A>> = None;
@@ -137,23 +137,42 @@ where
                         }
                     }
                 }
-                while let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
-                    let done: Done<B> = done;
-                    shared.busy_nanos.fetch_add(
-                        u64::try_from(done.took.as_nanos()).unwrap_or(u64::MAX),
-                        Ordering::Relaxed,
-                    );
-                    shared.metrics.service_time.record(done.took.as_secs_f64());
-                    if let Err(e) = &done.item.value {
-                        count_failure(&shared, e);
-                    }
-                    reorder.complete(done.ticket, done.key, done.item, &mut ready);
-                    progress = true;
+                // One clock read per pass, shared by the calls it starts
+                // and the ones it finds finished.
+                let mut now = None;
+                let mut clock = || *now.get_or_insert_with(Instant::now);
+                if in_flight.len() > 0 {
+                    in_flight.poll_done(cx, |done: Done<B>| {
+                        let value = done.result.map_err(|failure| match failure {
+                            NotReady::Failed(e) => Error::failed(shared.name.clone(), done.seq, e),
+                            NotReady::Panicked(p) => {
+                                Error::panicked(shared.name.clone(), done.seq, &*p)
+                            }
+                        });
+                        let item = Item {
+                            seq: done.seq,
+                            value,
+                        };
+                        let took = clock().saturating_duration_since(done.started);
+                        shared.busy_nanos.fetch_add(
+                            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                            Ordering::Relaxed,
+                        );
+                        shared.metrics.service_time.record(took.as_secs_f64());
+                        if let Err(e) = &item.value {
+                            count_failure(&shared, e);
+                        }
+                        reorder.complete(done.ticket, done.key, item, &mut ready);
+                        progress = true;
+                    });
                 }
-                if pending.is_some() && in_flight.len() < concurrency {
-                    if let Poll::Ready(ready_now) = poll_ready::<S, A>(&mut service, cx) {
+                if pending.is_some()
+                    && in_flight.len() < concurrency
+                    && let Poll::Ready(ready_now) = poll_ready::<S, A>(&mut service, cx)
+                {
+                    {
                         let p = pending.take().expect("pending is some");
-                        let name = shared.name.clone();
+                        let name = &shared.name;
                         let call = match ready_now {
                             Ok(()) => catch_unwind(AssertUnwindSafe(|| service.call(p.value)))
                                 .map_err(|panic| Error::panicked(name.clone(), p.seq, &*panic)),
@@ -165,20 +184,21 @@ where
                         match call {
                             Ok(fut) => {
                                 let (ticket, key, seq) = (p.ticket, p.key, p.seq);
+                                let started = clock();
+                                // The stage name is attached at completion,
+                                // so a successful call clones nothing.
                                 in_flight.push(async move {
-                                    let start = Instant::now();
-                                    let result = AssertUnwindSafe(fut).catch_unwind().await;
-                                    let took = start.elapsed();
-                                    let value = match result {
+                                    let result = match AssertUnwindSafe(fut).catch_unwind().await {
                                         Ok(Ok(out)) => Ok(out),
-                                        Ok(Err(e)) => Err(Error::failed(name, seq, e.into())),
-                                        Err(panic) => Err(Error::panicked(name, seq, &*panic)),
+                                        Ok(Err(e)) => Err(NotReady::Failed(e.into())),
+                                        Err(panic) => Err(NotReady::Panicked(panic)),
                                     };
                                     Done {
                                         ticket,
                                         key,
-                                        item: Item { seq, value },
-                                        took,
+                                        seq,
+                                        result,
+                                        started,
                                     }
                                 });
                             }
@@ -266,7 +286,8 @@ enum End {
     Gone,
 }
 
-/// Why `poll_ready` did not make the service ready.
+/// Why `poll_ready` did not make the service ready, or a call failed
+/// (the stage name is attached later).
 enum NotReady {
     Failed(BoxError),
     Panicked(Box<dyn std::any::Any + Send>),

@@ -364,7 +364,7 @@ async fn a_per_key_stage_keeps_order_within_each_key_only() {
             StageConfig::new("by-key").concurrency(4).reorder_window(8),
             |x: &u64| x % 2,
             from_fn(|x: u64| async move {
-                sleep(if x % 2 == 0 { 10 * MS } else { MS } * (1 + (x % 3) as u32)).await;
+                sleep(if x.is_multiple_of(2) { 10 * MS } else { MS } * (1 + (x % 3) as u32)).await;
                 Ok::<_, Infallible>(x)
             }),
         )

@@ -69,8 +69,8 @@ fn key(id: u64) -> u64 {
 /// What happens to item `id` at stage `s`: `Err(panics?)` or the latency.
 fn fate(spec: &StageSpec, s: usize, id: u64) -> Result<u64, bool> {
     let r = mix(s, id);
-    if spec.fail_every > 0 && r % spec.fail_every == 0 {
-        return Err(r % 2 == 0);
+    if spec.fail_every > 0 && r.is_multiple_of(spec.fail_every) {
+        return Err(r.is_multiple_of(2));
     }
     Ok(r % (spec.latency_ms + 1))
 }

@@ -22,7 +22,7 @@ fn build(name: &str) -> palisade_pipeline::Pipeline<u64, u64> {
                 .queue_capacity(16),
             from_fn(|x: u64| async move {
                 tokio::task::yield_now().await;
-                if x % 97 == 0 {
+                if x.is_multiple_of(97) {
                     return Err(tower::BoxError::from("a fails"));
                 }
                 Ok(x)
@@ -33,7 +33,7 @@ fn build(name: &str) -> palisade_pipeline::Pipeline<u64, u64> {
             |x: &u64| x % 7,
             from_fn(|x: u64| async move {
                 tokio::task::yield_now().await;
-                assert!(x % 101 != 0, "b panics");
+                assert!(!x.is_multiple_of(101), "b panics");
                 Ok::<_, std::convert::Infallible>(x)
             }),
         )
@@ -86,8 +86,10 @@ async fn counts_reconcile_exactly_under_contention() {
         }
     }
     let _ = std::panic::take_hook();
-    let expect_failed = (0..n).filter(|x| x % 97 == 0).count() as u64;
-    let expect_panicked = (0..n).filter(|x| x % 97 != 0 && x % 101 == 0).count() as u64;
+    let expect_failed = (0..n).filter(|x: &u64| x.is_multiple_of(97)).count() as u64;
+    let expect_panicked = (0..n)
+        .filter(|x: &u64| !x.is_multiple_of(97) && x.is_multiple_of(101))
+        .count() as u64;
     assert_eq!(
         (failed, panicked, ok),
         (
