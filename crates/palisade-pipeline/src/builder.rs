@@ -3,6 +3,7 @@
 //! [`build`](PipelineBuilder::build); [`Pipeline::run`] spawns the tasks.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,7 +268,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     where
         St: Stream<Item = In> + Send + 'static,
     {
-        let (control, rx, alive) = self.start(input);
+        let (control, rx, alive) = self.start(|_| input, true);
         drop(alive);
         let output = Output::new(rx, control.clone());
         (PipelineHandle::new(control), output)
@@ -276,8 +277,29 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     /// [`run`](Self::run) on a channel's receiver (a bounded channel gives
     /// its senders backpressure, or `try_send` overflow, in front of the
     /// first stage).
+    ///
+    /// What the channel holds counts as admitted: closing the pipeline
+    /// ([`PipelineHandle::close`], a drain, [`cancel_on`](PipelineBuilder::cancel_on))
+    /// closes the channel, so senders get an error from then on, and every
+    /// item already in it still goes through.
     pub fn run_channel(self, mut input: mpsc::Receiver<In>) -> (PipelineHandle, Output<Out>) {
-        self.run(futures_util::stream::poll_fn(move |cx| input.poll_recv(cx)))
+        let (control, rx, alive) = self.start(
+            move |close| {
+                let mut close = Box::pin(close.clone().cancelled_owned());
+                let mut closed = false;
+                futures_util::stream::poll_fn(move |cx| {
+                    if !closed && close.as_mut().poll(cx).is_ready() {
+                        closed = true;
+                        input.close();
+                    }
+                    input.poll_recv(cx)
+                })
+            },
+            false,
+        );
+        drop(alive);
+        let output = Output::new(rx, control.clone());
+        (PipelineHandle::new(control), output)
     }
 
     /// Like [`run`](Self::run), but every result goes to each of `branches`,
@@ -295,13 +317,20 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         Out: Clone,
     {
         fanout::check(&branches)?;
-        let (control, rx, alive) = self.start(input);
+        let (control, rx, alive) = self.start(|_| input, true);
         let output = Output::new(rx, control.clone());
         let outputs = fanout::spawn(output, &branches, control.clone(), alive);
         Ok((PipelineHandle::new(control), outputs))
     }
 
-    fn start<St>(self, input: St) -> (Arc<Control>, mpsc::Receiver<Item<Out>>, mpsc::Sender<()>)
+    /// Spawns everything; `input` is made from the close token. With
+    /// `stop_on_close` the feeder stops reading at close; without, the input
+    /// must end by itself once closed (a channel closed and emptied).
+    fn start<St>(
+        self,
+        input: impl FnOnce(&CancellationToken) -> St,
+        stop_on_close: bool,
+    ) -> (Arc<Control>, mpsc::Receiver<Item<Out>>, mpsc::Sender<()>)
     where
         St: Stream<Item = In> + Send + 'static,
     {
@@ -337,10 +366,11 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             close.clone(),
             cut.clone(),
         ));
+        let input = input(&close);
         spawn_task(
             &pipeline,
             "input",
-            feed(input, first, control.clone(), alive.clone()),
+            feed(input, first, control.clone(), stop_on_close, alive.clone()),
         );
         let finished = control.finished.clone();
         spawn_task(&pipeline, "drain-watch", async move {
@@ -359,6 +389,7 @@ async fn feed<In, St>(
     input: St,
     first: Downstream<In>,
     control: Arc<Control>,
+    stop_on_close: bool,
     _alive: mpsc::Sender<()>,
 ) where
     St: Stream<Item = In>,
@@ -374,7 +405,7 @@ async fn feed<In, St>(
         let next = tokio::select! {
             biased;
             () = &mut cut => break,
-            () = &mut close => break,
+            () = &mut close, if stop_on_close => break,
             next = input.next() => next,
         };
         let Some(value) = next else { break };
