@@ -46,6 +46,8 @@ pub struct Config {
     pub scatter: crate::scatter::ScatterConfig,
     /// `[hedge]`: hedged idempotent requests (palisade-fanout).
     pub hedge: crate::hedge::HedgeConfig,
+    /// `[access_log]`: the access log on a pipeline (palisade-pipeline).
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -23,7 +23,7 @@ use crate::output::Output;
 use crate::reorder::Mode;
 use crate::spawn::spawn_task;
 use crate::stats::StageShared;
-use crate::worker::{KeyFn, StageTask};
+use crate::worker::{FlushFn, KeyFn, StageTask};
 
 /// Where a stage (or the feeder) sends: the queue in front of the next
 /// stage and the counter of items sent into it.
@@ -58,6 +58,8 @@ pub struct PipelineBuilder<In, Out> {
     stages: Vec<String>,
     error: Option<ConfigError>,
     chain: Chain<In, Out>,
+    /// The flush hook of the last stage added.
+    flush: Option<Arc<std::sync::Mutex<Option<FlushFn>>>>,
 }
 
 impl<In: Send + 'static> PipelineBuilder<In, In> {
@@ -71,6 +73,7 @@ impl<In: Send + 'static> PipelineBuilder<In, In> {
             stages: Vec::new(),
             error: None,
             chain: Box::new(|downstream, _| downstream),
+            flush: None,
         }
     }
 }
@@ -139,6 +142,8 @@ impl<In: Send + 'static, Out: Send + 'static> PipelineBuilder<In, Out> {
         }
         self.stages.push(config.name.clone());
         let prev = self.chain;
+        let flush_slot = Arc::new(std::sync::Mutex::new(None::<FlushFn>));
+        let flush = flush_slot.clone();
         PipelineBuilder {
             name: self.name,
             on_error: self.on_error,
@@ -146,6 +151,7 @@ impl<In: Send + 'static, Out: Send + 'static> PipelineBuilder<In, Out> {
             cancel: self.cancel,
             stages: self.stages,
             error: self.error,
+            flush: Some(flush_slot),
             chain: Box::new(
                 move |downstream: Downstream<S::Response>, asm: &mut Assembly| {
                     let (tx, rx) = mpsc::channel(config.queue_capacity);
@@ -169,6 +175,7 @@ impl<In: Send + 'static, Out: Send + 'static> PipelineBuilder<In, Out> {
                         mode,
                         key,
                         cut: asm.cut.clone(),
+                        flush: flush.lock().unwrap_or_else(|p| p.into_inner()).take(),
                         _alive: asm.alive.clone(),
                     };
                     spawn_task(&asm.pipeline, &config.name, task.run());
@@ -176,6 +183,18 @@ impl<In: Send + 'static, Out: Send + 'static> PipelineBuilder<In, Out> {
                 },
             ),
         }
+    }
+
+    /// Calls `flush` once, on the stage added last, when its input has
+    /// ended and it has handed every item it holds to its service: the
+    /// moment to make a service that buffers let go, so a drain does not
+    /// wait for its timer. For a palisade-batch stage: `move ||
+    /// batch_handle.close()`, which sends what is queued at once.
+    pub fn flush_with(self, flush: impl FnOnce() + Send + 'static) -> Self {
+        if let Some(slot) = &self.flush {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(flush));
+        }
+        self
     }
 
     /// What to do when a stage fails an item (default [`OnError::Continue`]).

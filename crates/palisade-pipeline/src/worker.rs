@@ -33,6 +33,9 @@ use crate::stats::StageShared;
 /// Hashes a per-key stage's input to its ordering key.
 pub(crate) type KeyFn<A> = Arc<dyn Fn(&A) -> u64 + Send + Sync>;
 
+/// Tells a stage's service that nothing more will come.
+pub(crate) type FlushFn = Box<dyn FnOnce() + Send>;
+
 /// Failed items in a per-key stage share this key: they are released as
 /// soon as they arrive, behind earlier failures only.
 const ERROR_KEY: u64 = u64::MAX;
@@ -45,6 +48,9 @@ pub(crate) struct StageTask<S, A, B> {
     pub(crate) mode: Mode,
     pub(crate) key: Option<KeyFn<A>>,
     pub(crate) cut: CancellationToken,
+    /// Called once when the input has ended and every item held has been
+    /// handed to the service (see `PipelineBuilder::flush_with`).
+    pub(crate) flush: Option<FlushFn>,
     /// Dropped when the task ends, however it ends; the drain waits for
     /// every such sender to be gone.
     pub(crate) _alive: mpsc::Sender<()>,
@@ -83,6 +89,7 @@ where
             mode,
             key,
             cut,
+            mut flush,
             _alive,
         } = self;
         let concurrency = shared.concurrency;
@@ -249,6 +256,14 @@ where
                         }
                         Poll::Pending => {}
                     }
+                }
+                if !input_open
+                    && pending.is_none()
+                    && let Some(f) = flush.take()
+                {
+                    // Whatever the service buffers is all that is left.
+                    f();
+                    progress = true;
                 }
                 let held = reorder.held() + ready.len();
                 if !progress {

@@ -515,3 +515,33 @@ async fn the_drain_phase_reports_to_the_shutdown_coordinator() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_buffering_stage_is_flushed_when_its_input_ends() {
+    // Calls finish only once flushed (like a batcher waiting for a long
+    // timer): the drain flushes instead of waiting.
+    let flushed = CancellationToken::new();
+    let f = flushed.clone();
+    let p = PipelineBuilder::new("flush")
+        .stage(
+            StageConfig::new("buffering").concurrency(8).unordered(),
+            from_fn(move |x: u64| {
+                let f = f.clone();
+                async move {
+                    f.cancelled().await;
+                    Ok::<_, Infallible>(x)
+                }
+            }),
+        )
+        .flush_with({
+            let flushed = flushed.clone();
+            move || flushed.cancel()
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (h, out) = p.run(futures_util::stream::iter(0..5u64));
+    assert_eq!(out.count().await, 5);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(h.drain().await.completed, 5);
+}
