@@ -240,7 +240,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             drain,
             connections,
             batch: batch_handle,
-            access_log: access_log.map(|a| a.handle),
+            access_log,
             background,
             backends,
         },

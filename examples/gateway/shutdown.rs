@@ -47,7 +47,7 @@ pub struct Parts {
     /// The `[batch]` batcher, when on.
     pub batch: Option<palisade::batch::BatchHandle>,
     /// The `[access_log]` pipeline, when on.
-    pub access_log: Option<palisade::pipeline::PipelineHandle>,
+    pub access_log: Option<crate::access_log::AccessLog>,
     /// Background work to flush after the requests that feed it.
     pub background: Scope,
     /// Backends to close last.
@@ -98,7 +98,7 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
     shutdown.add_phase(flush.cancel(&background).wait(&background))?;
     // Every request has been answered: no record arrives after this.
     shutdown.add_phase(match access_log {
-        Some(log) => log.drain_phase("access-log", settings.flush_deadline.get()),
+        Some(log) => log.drain_phase(settings.flush_deadline.get()),
         None => Phase::new("access-log", settings.flush_deadline.get()),
     })?;
     shutdown.add_phase(

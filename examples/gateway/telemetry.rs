@@ -356,21 +356,21 @@ where
         let route = this.in_flight.route;
         this.in_flight.metrics.record(route, status, elapsed);
         if let Some(a) = this.access.take() {
-            let upstream = upstream.map(|u| u.authority.as_str()).unwrap_or("-");
             let client = a.client.map(|c| c.ip());
             let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             if let Some(sink) = a.sink {
                 sink.record(AccessRecord {
-                    method: a.method.to_string(),
-                    path: a.uri.to_string(),
+                    method: a.method,
+                    uri: a.uri,
                     status: status.as_u16(),
                     latency_us,
-                    upstream: upstream.to_owned(),
+                    upstream: upstream.map(|u| u.authority.clone()),
                     client,
                     route: route.as_str(),
                 });
                 return Poll::Ready(result);
             }
+            let upstream = upstream.map(|u| u.authority.as_str()).unwrap_or("-");
             tracing::info!(
                 target: ACCESS_TARGET,
                 method = %a.method,
