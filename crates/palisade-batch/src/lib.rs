@@ -84,7 +84,7 @@
 //!
 //! # Metrics
 //!
-//! Emitted through the [`metrics`] facade (names in [`metric_names`]), each
+//! Emitted through the [`metrics`](::metrics) facade (names in [`metric_names`]), each
 //! labelled `batcher` with the batcher's [name](BatchLayerBuilder::name):
 //!
 //! | name | kind | extra labels | meaning |
