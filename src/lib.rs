@@ -14,6 +14,7 @@
 //! | `batch`     | [`batch`]              | `palisade-batch`     |
 //! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
 //! | `pool`      | [`pool`]               | `palisade-pool`      |
+//! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -40,6 +41,10 @@ pub use palisade_fanout as fanout;
 #[cfg(feature = "pool")]
 #[doc(inline)]
 pub use palisade_pool as pool;
+
+#[cfg(feature = "pipeline")]
+#[doc(inline)]
+pub use palisade_pipeline as pipeline;
 
 pub mod http;
 

@@ -48,6 +48,8 @@ pub struct Config {
     pub hedge: crate::hedge::HedgeConfig,
     /// `[cpu]`: the demo upstream's `/cpu/{ms}` route (palisade-pool).
     pub cpu: crate::cpu::CpuConfig,
+    /// `[access_log]`: the access log on a pipeline (palisade-pipeline).
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -18,6 +18,7 @@
 // (and the one pattern owners extend); none of them is reachable from outside.
 #![allow(unreachable_pub)]
 
+mod access_log;
 mod batch;
 mod body;
 mod breaker;
@@ -141,6 +142,12 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
     scatter::check(&config.scatter, upstreams.len().max(1))?;
     let hedge = hedge::settings(&config.hedge)?;
+    // Only when the access log is on at all (`--no-access-log` wins).
+    let access_log = if config.log.access_log {
+        access_log::start(&config.access_log)?
+    } else {
+        None
+    };
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
@@ -184,7 +191,8 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     });
     let batch_handle = items.as_ref().map(|items| items.handle.clone());
     let shared = Shared {
-        telemetry: TelemetryLayer::new(request_metrics.clone(), routes),
+        telemetry: TelemetryLayer::new(request_metrics.clone(), routes)
+            .with_access_log(access_log.as_ref().map(|a| a.sink.clone())),
         routes: BuiltinRoutesLayer::new(RoutesState {
             routes,
             readiness: readiness.clone(),
@@ -239,6 +247,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             drain,
             connections,
             batch: batch_handle,
+            access_log,
             background,
             backends,
         },

@@ -14,6 +14,8 @@
 //!             flush           [batch] closed: queued lookups sent at once and answered,
 //!                             the rest cut at `shutdown.flush_deadline`; background
 //!                             scope cancelled and awaited
+//!             access-log      [access_log] pipeline = true: every record of a finished
+//!                             request written, the rest cut at `shutdown.flush_deadline`
 //!             close-backends  backend scope (the demo upstream) cancelled and awaited
 //!          ─▶ exit 0, or 1 naming what was cut, or 3 when a second signal forced it
 //! ```
@@ -44,6 +46,8 @@ pub struct Parts {
     pub connections: ServerHandle,
     /// The `[batch]` batcher, when on.
     pub batch: Option<palisade::batch::BatchHandle>,
+    /// The `[access_log]` pipeline, when on.
+    pub access_log: Option<crate::access_log::AccessLog>,
     /// Background work to flush after the requests that feed it.
     pub background: Scope,
     /// Backends to close last.
@@ -57,6 +61,7 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
         drain,
         connections,
         batch,
+        access_log,
         background,
         backends,
     } = parts;
@@ -91,6 +96,11 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
         None => Phase::new("flush", settings.flush_deadline.get()),
     };
     shutdown.add_phase(flush.cancel(&background).wait(&background))?;
+    // Every request has been answered: no record arrives after this.
+    shutdown.add_phase(match access_log {
+        Some(log) => log.drain_phase(settings.flush_deadline.get()),
+        None => Phase::new("access-log", settings.flush_deadline.get()),
+    })?;
     shutdown.add_phase(
         Phase::new("close-backends", CLOSE_BACKENDS)
             .cancel(&backends)

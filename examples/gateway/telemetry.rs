@@ -32,6 +32,7 @@ use tower::{Layer, Service};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
+use crate::access_log::{AccessLogSink, AccessRecord};
 use crate::config::{LogConfig, LogFormat};
 use crate::proxy::{Upstream, UpstreamErrorKind, Upstreams};
 use crate::routes::{Route, Routes};
@@ -213,12 +214,24 @@ impl UpstreamMetrics {
 pub struct TelemetryLayer {
     metrics: Arc<RequestMetrics>,
     routes: Routes,
+    access_log: Option<AccessLogSink>,
 }
 
 impl TelemetryLayer {
     /// Records into `metrics`; `routes` names the route of each request.
     pub fn new(metrics: Arc<RequestMetrics>, routes: Routes) -> Self {
-        Self { metrics, routes }
+        Self {
+            metrics,
+            routes,
+            access_log: None,
+        }
+    }
+
+    /// Sends the access log to the `[access_log]` pipeline instead of a
+    /// `tracing` event.
+    pub fn with_access_log(mut self, sink: Option<AccessLogSink>) -> Self {
+        self.access_log = sink;
+        self
     }
 }
 
@@ -230,6 +243,7 @@ impl<S> Layer<S> for TelemetryLayer {
             inner,
             metrics: self.metrics.clone(),
             routes: self.routes,
+            access_log: self.access_log.clone(),
         }
     }
 }
@@ -240,6 +254,7 @@ pub struct Telemetry<S> {
     inner: S,
     metrics: Arc<RequestMetrics>,
     routes: Routes,
+    access_log: Option<AccessLogSink>,
 }
 
 /// What the access log needs from the request, captured only when the
@@ -248,6 +263,8 @@ struct AccessInfo {
     method: Method,
     uri: Uri,
     client: Option<SocketAddr>,
+    /// Where the record goes; `None`: a `tracing` event.
+    sink: Option<AccessLogSink>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Telemetry<S>
@@ -266,10 +283,12 @@ where
         let start = Instant::now();
         let route = self.routes.classify(req.uri().path());
         // A disabled access log costs this one cached callsite check.
-        let access = tracing::enabled!(target: ACCESS_TARGET, Level::INFO).then(|| AccessInfo {
+        let on = self.access_log.is_some() || tracing::enabled!(target: ACCESS_TARGET, Level::INFO);
+        let access = on.then(|| AccessInfo {
             method: req.method().clone(),
             uri: req.uri().clone(),
             client: req.extensions().get::<SocketAddr>().copied(),
+            sink: self.access_log.clone(),
         });
         self.metrics.routes[route as usize].in_flight.increment(1.0);
         TelemetryFuture {
@@ -337,14 +356,27 @@ where
         let route = this.in_flight.route;
         this.in_flight.metrics.record(route, status, elapsed);
         if let Some(a) = this.access.take() {
-            let upstream = upstream.map(|u| u.authority.as_str()).unwrap_or("-");
             let client = a.client.map(|c| c.ip());
+            let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            if let Some(sink) = a.sink {
+                sink.record(AccessRecord {
+                    method: a.method,
+                    uri: a.uri,
+                    status: status.as_u16(),
+                    latency_us,
+                    upstream: upstream.map(|u| u.authority.clone()),
+                    client,
+                    route: route.as_str(),
+                });
+                return Poll::Ready(result);
+            }
+            let upstream = upstream.map(|u| u.authority.as_str()).unwrap_or("-");
             tracing::info!(
                 target: ACCESS_TARGET,
                 method = %a.method,
                 path = %a.uri,
                 status = status.as_u16(),
-                latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                latency_us,
                 upstream,
                 client = client.map(tracing::field::display),
                 route = route.as_str(),

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-
 /// Why a call through a [`Batch`](crate::Batch) failed.
 ///
 /// The service's error type is [`tower::BoxError`]; downcast to this type to

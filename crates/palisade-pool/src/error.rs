@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-
 /// Why a job sent through a [`Pool`](crate::Pool) or a
 /// [`CpuPool`](crate::CpuPool) failed, when the pool itself (not the job's
 /// inner service) is the reason.
