@@ -342,11 +342,14 @@ fn check(
         let next_of: HashMap<u32, u32> = order.windows(2).map(|w| (w[0].id, w[1].id)).collect();
         for (t, batch) in log {
             let last = *batch.last().expect("batches are not empty");
+            // Full by weight: it reached the limit, or the next item did
+            // not fit.
             let full_by_weight = case.max_weight.is_some_and(|max| {
                 let w: u64 = batch.iter().map(|id| weight(*id)).sum();
-                next_of
-                    .get(&last)
-                    .is_some_and(|next| w + weight(*next) > max)
+                w >= max
+                    || next_of
+                        .get(&last)
+                        .is_some_and(|next| w + weight(*next) > max)
             });
             if batch.len() < case.max_items && !full_by_weight {
                 let first = by_id[&batch[0]].enqueued_ms;
