@@ -23,6 +23,10 @@ use crate::{
 /// Default hard cap on tracked keys.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
+/// The fewest keys a shard holds when the shard count is left to its
+/// default: a `max_keys` below `64 × 16 × CPUs` gets fewer shards.
+pub const MIN_KEYS_PER_SHARD: usize = 64;
+
 /// Last-seen times are kept in milliseconds (a `u32`, compared with wrapping
 /// arithmetic, so ages up to 49 days order correctly) and only rewritten when
 /// the millisecond changed.
@@ -89,7 +93,8 @@ struct Entry {
 pub struct KeyedLimiterBuilder<K> {
     quota: Quota,
     max_keys: usize,
-    shards: usize,
+    /// `None`: sized from the CPU count and `max_keys` at build time.
+    shards: Option<usize>,
     overrides: HashMap<K, Quota, RandomState>,
     clock: Option<Clock>,
     name: &'static str,
@@ -116,10 +121,13 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuil
         self
     }
 
-    /// Number of shards, rounded up to a power of two (default: 16 per CPU,
-    /// at most 256). Fewer than `max_keys`.
+    /// Number of shards, rounded up to a power of two, never more than
+    /// `max_keys`. Default: 16 per CPU, at most 256, and few enough that each
+    /// shard holds at least [`MIN_KEYS_PER_SHARD`] keys, so a small
+    /// `max_keys` is not split into shards of one or two keys that evict
+    /// while the limiter as a whole has room.
     pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = shards;
+        self.shards = Some(shards);
         self
     }
 
@@ -152,11 +160,19 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuil
         if self.max_keys == 0 {
             return Err(QuotaError::Zero { field: "max_keys" });
         }
-        if self.shards == 0 {
-            return Err(QuotaError::Zero { field: "shards" });
-        }
+        let requested = match self.shards {
+            Some(0) => return Err(QuotaError::Zero { field: "shards" }),
+            Some(shards) => shards,
+            None => {
+                let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+                (cpus * 16)
+                    .min(256)
+                    .min(self.max_keys / MIN_KEYS_PER_SHARD)
+                    .max(1)
+            }
+        };
         // Each shard holds at least one key, and shards × shard_cap <= max_keys.
-        let mut shards = self.shards.next_power_of_two().min(1 << 16);
+        let mut shards = requested.next_power_of_two().min(1 << 16);
         while shards > self.max_keys {
             shards /= 2;
         }
@@ -199,11 +215,10 @@ impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiterBuil
 impl<K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static> KeyedLimiter<K> {
     /// A builder; the quota applies to every key without an override.
     pub fn builder(quota: Quota) -> KeyedLimiterBuilder<K> {
-        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         KeyedLimiterBuilder {
             quota,
             max_keys: DEFAULT_MAX_KEYS,
-            shards: (cpus * 16).min(256),
+            shards: None,
             overrides: HashMap::with_hasher(RandomState::default()),
             clock: None,
             name: "per-key",

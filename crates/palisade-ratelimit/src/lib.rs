@@ -108,7 +108,7 @@ pub mod redis;
 pub use clock::{Clock, ManualClock};
 pub use error::{BoxError, InsufficientCapacity, MissingKey, QuotaError, RateLimited};
 pub use future::ResponseFuture;
-pub use keyed::{DEFAULT_MAX_KEYS, KeyedLimiter, KeyedLimiterBuilder};
+pub use keyed::{DEFAULT_MAX_KEYS, KeyedLimiter, KeyedLimiterBuilder, MIN_KEYS_PER_SHARD};
 pub use layer::{DEFAULT_MAX_WAIT, Mode, RateLimitLayer};
 pub use limiter::{Limiter, LimiterBuilder};
 pub use policy::{KeyExtractor, KeyFn, PerKey, Policy, Report, Verdict, key_fn};

@@ -115,6 +115,38 @@ fn overrides_give_a_key_its_own_quota() {
 }
 
 #[test]
+fn a_small_cap_holds_every_key_with_default_shards() {
+    let (clock, _time) = Clock::manual();
+    // 64 keys fit in the 64-key cap: the default shard count keeps at least
+    // MIN_KEYS_PER_SHARD keys per shard instead of splitting the cap into
+    // 16 × CPUs shards of a few keys each (which evicted at 3 keys).
+    let limiter = KeyedLimiter::builder(per_second(1))
+        .max_keys(64)
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert_eq!(limiter.capacity(), 64);
+    for key in 0..64u32 {
+        assert!(limiter.check(&key).allowed());
+    }
+    assert_eq!(limiter.len(), 64);
+    for key in 0..64u32 {
+        assert!(!limiter.check(&key).allowed(), "key {key} kept its state");
+    }
+    // A large cap still shards by CPU count.
+    let large = KeyedLimiter::<u32>::builder(per_second(1))
+        .max_keys(1 << 20)
+        .build()
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+    assert_eq!(large.capacity(), 1 << 20);
+    assert!(format!("{large:?}").contains(&format!(
+        "shards: {}",
+        (cpus * 16).min(256).next_power_of_two()
+    )));
+}
+
+#[test]
 fn invalid_limiter_settings_name_the_field() {
     let err = KeyedLimiter::<u32>::builder(per_second(1))
         .max_keys(0)
