@@ -100,9 +100,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    #[cfg(feature = "console")]
+    // tokio-console (docs/ecosystem.md): the feature and the cfg together;
+    // the feature alone (`--all-features`) leaves ordinary logging.
+    #[cfg(all(feature = "console", tokio_unstable))]
     console_subscriber::init();
-    #[cfg(not(feature = "console"))]
+    #[cfg(not(all(feature = "console", tokio_unstable)))]
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -155,6 +157,10 @@ async fn run(args: Args) -> Result<u8, palisade::BoxError> {
             .name("backend")
             .consecutive_failures(args.breaker_failures)
             .wait_duration(Duration::from_millis(args.breaker_wait_ms))
+            // A fixed wait (no backoff growth, no jitter): the demo's
+            // pushback is exact.
+            .max_wait_duration(Duration::from_millis(args.breaker_wait_ms))
+            .wait_jitter(0.0)
             .half_open_probes(1)
             .build()
             .map_err(|e| format!("--breaker-failures / --breaker-wait-ms: {e}"))?,
