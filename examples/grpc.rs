@@ -196,16 +196,16 @@ async fn run(args: Args) -> Result<u8, palisade::BoxError> {
         Phase::new("drain", Duration::from_millis(args.drain_deadline_ms))
             .action(move |_| async move { drain.drain().await }),
     )?;
-    shutdown.add_phase(
-        Phase::new("stop-server", Duration::from_secs(5)).action(move |_| async move {
+    shutdown.add_phase(Phase::new("stop-server", Duration::from_secs(5)).action(
+        move |_| async move {
             stop.notify_one();
             match server.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
                 Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
             }
-        }),
-    )?;
+        },
+    ))?;
     let outcome = shutdown.run().await;
     tracing::info!(code = outcome.code(), clean = outcome.is_clean(), "exiting");
     Ok(outcome.code())

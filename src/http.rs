@@ -81,7 +81,10 @@ pub fn error_response<B: Default>(
     None
 }
 
-fn one<B: Default>(e: &(dyn std::error::Error + 'static), protocol: Protocol) -> Option<Response<B>> {
+fn one<B: Default>(
+    e: &(dyn std::error::Error + 'static),
+    protocol: Protocol,
+) -> Option<Response<B>> {
     let grpc = protocol == Protocol::Grpc;
     #[cfg(feature = "ratelimit")]
     {
@@ -90,7 +93,11 @@ fn one<B: Default>(e: &(dyn std::error::Error + 'static), protocol: Protocol) ->
         };
         if let Some(limited) = e.downcast_ref::<palisade_ratelimit::RateLimited>() {
             return Some(if grpc {
-                grpc_rate_limited(limited, &Headers::default(), palisade_core::grpc::RATE_LIMITED)
+                grpc_rate_limited(
+                    limited,
+                    &Headers::default(),
+                    palisade_core::grpc::RATE_LIMITED,
+                )
             } else {
                 too_many_requests(limited, &Headers::default())
             });
@@ -127,7 +134,10 @@ fn one<B: Default>(e: &(dyn std::error::Error + 'static), protocol: Protocol) ->
         // A failed batch answers as what failed it: its source, which the
         // walk in `error_response` looks at next.
         if !matches!(batch, palisade_batch::Error::Failed(_)) {
-            return Some(as_protocol(palisade_batch::http::error_response(batch), grpc));
+            return Some(as_protocol(
+                palisade_batch::http::error_response(batch),
+                grpc,
+            ));
         }
     }
     #[cfg(feature = "pool")]

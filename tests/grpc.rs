@@ -105,7 +105,10 @@ async fn a_per_client_limit_answers_resource_exhausted_with_pushback() {
     );
     let mut client = client(&app).await;
     for _ in 0..3 {
-        assert_eq!(serving(check(&mut client, "").await), ServingStatus::Serving);
+        assert_eq!(
+            serving(check(&mut client, "").await),
+            ServingStatus::Serving
+        );
     }
     let status = assert_status(
         check(&mut client, "").await,
@@ -137,7 +140,10 @@ async fn the_global_limit_answers_resource_exhausted_too() {
     );
     let mut client = client(&app).await;
     for _ in 0..2 {
-        assert_eq!(serving(check(&mut client, "").await), ServingStatus::Serving);
+        assert_eq!(
+            serving(check(&mut client, "").await),
+            ServingStatus::Serving
+        );
     }
     let status = assert_status(
         check(&mut client, "").await,
@@ -198,7 +204,10 @@ async fn the_breaker_reads_unavailable_from_the_trailers_when_the_body_ends() {
         assert_status(end, Code::Unavailable, "backend failing mid-stream");
     }
     // Still closed: two consecutive failures since the success.
-    assert_eq!(serving(check(&mut client, "").await), ServingStatus::Serving);
+    assert_eq!(
+        serving(check(&mut client, "").await),
+        ServingStatus::Serving
+    );
     // The unary success above reset the count again; three more open it.
     for _ in 0..3 {
         let (_, end) = watch_to_end(&mut client, "fail").await;

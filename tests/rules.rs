@@ -124,12 +124,73 @@ fn error_response_maps_every_palisade_error() {
     }
     let wrapped: BoxError = Box::new(Wrapper(Box::new(Draining)));
     assert_eq!(
-        error_response::<()>(&wrapped, Protocol::Http).unwrap().status(),
+        error_response::<()>(&wrapped, Protocol::Http)
+            .unwrap()
+            .status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
 
     let other: BoxError = "an upstream error".into();
     assert!(error_response::<()>(&other, Protocol::Http).is_none());
+}
+
+#[test]
+fn error_response_answers_grpc_requests_with_their_grpc_status() {
+    let grpc = |err: BoxError| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/grpc+proto".parse().unwrap(),
+        );
+        let r = error_response::<()>(&err, &headers).expect("a palisade error");
+        assert_eq!(r.status(), StatusCode::OK, "trailers-only is HTTP 200");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
+        let text = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        (
+            text("grpc-status").expect("grpc-status"),
+            text("grpc-message"),
+            text("grpc-retry-pushback-ms"),
+        )
+    };
+    let limited = grpc(Box::new(limited_after(Duration::from_millis(1_500))));
+    assert_eq!(limited.0, "8", "RESOURCE_EXHAUSTED");
+    assert_eq!(limited.1.as_deref(), Some("rate limited by policy global"));
+    assert_eq!(limited.2.as_deref(), Some("1500"));
+
+    let open = grpc(Box::new(Rejected::Open {
+        retry_after: Duration::from_millis(200),
+    }));
+    assert_eq!(
+        open,
+        (
+            "14".into(),
+            Some("circuit breaker open".into()),
+            Some("200".into())
+        )
+    );
+    let forced = grpc(Box::new(Rejected::ForcedOpen));
+    assert_eq!(
+        forced,
+        (
+            "14".into(),
+            Some("circuit breaker forced open".into()),
+            None
+        )
+    );
+    let draining = grpc(Box::new(Draining));
+    assert_eq!(
+        draining,
+        ("14".into(), Some("server is draining".into()), None)
+    );
+
+    // The same errors for a plain HTTP request keep their HTTP answers.
+    let plain = error_response::<()>(&(Box::new(Draining) as BoxError), &http::HeaderMap::new());
+    assert_eq!(plain.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 // The README's stack under paused time: one `advance` moves the limiter and
@@ -222,7 +283,9 @@ async fn error_response_maps_batch_errors_through_their_source() {
         received: 1,
     });
     assert_eq!(
-        error_response::<()>(&mismatch, Protocol::Http).unwrap().status(),
+        error_response::<()>(&mismatch, Protocol::Http)
+            .unwrap()
+            .status(),
         StatusCode::BAD_GATEWAY
     );
 }

@@ -310,9 +310,18 @@ mod tests {
         assert_eq!(parse(" 14 "), Some(Code::Unavailable));
         assert_eq!(parse("x"), None);
         assert_eq!(parse("-1"), None);
-        assert_eq!(Code::from_http_status(StatusCode::TOO_MANY_REQUESTS), Code::Unavailable);
-        assert_eq!(Code::from_http_status(StatusCode::NOT_FOUND), Code::Unimplemented);
-        assert_eq!(Code::from_http_status(StatusCode::INTERNAL_SERVER_ERROR), Code::Unknown);
+        assert_eq!(
+            Code::from_http_status(StatusCode::TOO_MANY_REQUESTS),
+            Code::Unavailable
+        );
+        assert_eq!(
+            Code::from_http_status(StatusCode::NOT_FOUND),
+            Code::Unimplemented
+        );
+        assert_eq!(
+            Code::from_http_status(StatusCode::INTERNAL_SERVER_ERROR),
+            Code::Unknown
+        );
         assert_eq!(parse(""), None);
     }
 

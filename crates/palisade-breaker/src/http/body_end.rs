@@ -54,7 +54,6 @@ impl BodyEndLayer {
             classifier: HttpClassifier::default(),
         }
     }
-
 }
 
 impl<C> BodyEndLayer<C> {
@@ -277,16 +276,20 @@ impl<B: Body, E: ClassifyEnd> Body for BreakerBody<B, E> {
         };
         let frame = ready!(inner.as_mut().poll_frame(cx));
         let outcome = match &frame {
-            None => this.pending.take().map(|(p, end)| (p, end.classify_end(None))),
+            None => this
+                .pending
+                .take()
+                .map(|(p, end)| (p, end.classify_end(None))),
             Some(Err(_)) => this.pending.take().map(|(p, _)| (p, Outcome::Failure)),
             // Trailers are the last frame: they carry a gRPC call's status.
             Some(Ok(frame)) if frame.is_trailers() => this
                 .pending
                 .take()
                 .map(|(p, end)| (p, end.classify_end(frame.trailers_ref()))),
-            Some(Ok(_)) if inner.is_end_stream() => {
-                this.pending.take().map(|(p, end)| (p, end.classify_end(None)))
-            }
+            Some(Ok(_)) if inner.is_end_stream() => this
+                .pending
+                .take()
+                .map(|(p, end)| (p, end.classify_end(None))),
             Some(Ok(_)) => None,
         };
         if let Some((permit, outcome)) = outcome {

@@ -13,7 +13,9 @@ use tower_service::Service;
 
 use palisade_core::grpc::{self, Code};
 
-use super::{Headers, grpc_missing_key, grpc_rate_limited, missing_key_response, too_many_requests};
+use super::{
+    Headers, grpc_missing_key, grpc_rate_limited, missing_key_response, too_many_requests,
+};
 use crate::{MissingKey, Policy, RateLimited, Report};
 
 /// An HTTP rate limit layer: like [`RateLimitLayer`](crate::RateLimitLayer)
