@@ -159,6 +159,11 @@ struct Stats {
 }
 
 fn main() -> ExitCode {
+    // tokio-console (docs/ecosystem.md): the feature and the cfg together;
+    // the feature alone (`--all-features`) leaves ordinary logging.
+    #[cfg(all(feature = "console", tokio_unstable))]
+    console_subscriber::init();
+    #[cfg(not(all(feature = "console", tokio_unstable)))]
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -330,7 +330,8 @@ async fn a_missing_key_is_a_500_logged_once_and_counted_unless_allowed() {
         .expect("MissingKey");
     assert_eq!(missing.policy(), "per-ip");
     assert!(
-        err.to_string().contains("peer address request extension (`SocketAddr`"),
+        err.to_string()
+            .contains("peer address request extension (`SocketAddr`"),
         "{err}"
     );
 
