@@ -241,7 +241,7 @@ impl<B> From<&http::Request<B>> for Protocol {
 /// now"). Saturates at `u64::MAX`.
 pub fn retry_pushback_ms(wait: Duration) -> u64 {
     let ms = wait.as_millis();
-    let ms = ms + u128::from(wait.as_nanos() % 1_000_000 > 0);
+    let ms = ms + u128::from(!wait.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
