@@ -15,7 +15,7 @@
 //! # The stack, outermost first
 //!
 //! ```text
-//!  palisade Server          accepts; puts the peer address in each request (see `run`)
+//!  palisade Server          accepts; puts `ConnectInfo<SocketAddr>` in each request (see `run`)
 //!  HttpDrainLayer           whole app: counts in-flight requests; 503 + Retry-After once
 //!                           draining (`/healthz` exempt); each request gets a DrainToken
 //!  Router
@@ -60,7 +60,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{BoxError, Extension, Json, Router};
@@ -159,6 +159,11 @@ struct Stats {
 }
 
 fn main() -> ExitCode {
+    // tokio-console (docs/ecosystem.md): the feature and the cfg together;
+    // the feature alone (`--all-features`) leaves ordinary logging.
+    #[cfg(all(feature = "console", tokio_unstable))]
+    console_subscriber::init();
+    #[cfg(not(all(feature = "console", tokio_unstable)))]
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -188,21 +193,19 @@ async fn run(args: Args) -> Result<u8, BoxError> {
     let drain = Drain::new();
     let app = app(&args, state, drain.clone())?;
 
-    // Each request gets its peer address in both forms the ecosystem reads:
-    // the plain `SocketAddr` extension that palisade-ratelimit's
-    // `PeerIp`/`ClientIp` read, and axum's `ConnectInfo<SocketAddr>` for
-    // handlers. (`axum::serve` with `into_make_service_with_connect_info`
-    // gives only the latter; copy it into a plain `SocketAddr` in an
-    // `axum::middleware::map_request` in front of the rate limit.)
+    // Each request gets its peer address as axum's `ConnectInfo<SocketAddr>`,
+    // exactly what `axum::serve(listener,
+    // app.into_make_service_with_connect_info::<SocketAddr>())` inserts:
+    // `PeerIp` reads it (facade feature `axum`), and so do the handlers.
     //
     // The palisade `Server` rather than `axum::serve(..).with_graceful_shutdown`:
     // its drain has a deadline and force-closes what is left, where axum's
-    // waits for open streams forever.
+    // waits for open streams forever. (tests/axum.rs also runs the stack
+    // under `axum::serve`.)
     let listener = TcpListener::bind(args.listen).await?;
     let server = Server::from_fn(listener, move |peer: SocketAddr| {
         let app = app.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(peer);
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         })
@@ -319,11 +322,15 @@ fn app(
 }
 
 /// Maps the layers' errors to responses. Handlers answer with responses, so
-/// only errors of the layers reach here.
-async fn handle_error(err: BoxError) -> Response {
+/// only errors of the layers reach here. The request's headers tell a gRPC
+/// call (answered with a `grpc-status`) from plain HTTP.
+async fn handle_error(headers: HeaderMap, err: BoxError) -> Response {
     // Every palisade error: 503 + Retry-After for an open breaker, 429 +
     // Retry-After (rounded up, at least 1) + RateLimit fields for a limit.
-    if let Some(mut res) = palisade::http::error_response::<Body>(&err) {
+    if let Some(mut res) = palisade::http::error_response::<Body>(&err, &headers) {
+        if palisade::http::Protocol::of(&headers) == palisade::http::Protocol::Grpc {
+            return res;
+        }
         let body = match res.status() {
             StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
             StatusCode::SERVICE_UNAVAILABLE => "circuit open\n",

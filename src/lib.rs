@@ -16,6 +16,13 @@
 //! | `pool`      | [`pool`]               | `palisade-pool`      |
 //! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
 //!
+//! Two more features: `axum` lets `PeerIp`/`ClientIp` read axum's
+//! `ConnectInfo<SocketAddr>`, and `console` makes the gateway and the
+//! examples install tokio-console's subscriber (with `--cfg
+//! tokio_unstable`). [`http::error_response`] maps every palisade error to
+//! its HTTP or gRPC response; `docs/ecosystem.md` shows the axum, hyper and
+//! tonic wiring side by side.
+//!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
 //! the order of the layers and `docs/architecture.md` for why.

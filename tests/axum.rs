@@ -264,3 +264,201 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     let output = app.output();
     assert!(output.contains("shutdown complete"), "{output}");
 }
+
+// === axum's own serving idiom, in process ===
+//
+// These serve a `Router` with `axum::serve` itself (not the example's
+// palisade `Server`), the way most axum apps are written.
+
+mod serve {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::error_handling::HandleErrorLayer;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use http::{HeaderMap, Request, StatusCode};
+    use http_body_util::Empty;
+    use palisade::BoxError;
+    use palisade::breaker::http::HttpClassifier;
+    use palisade::breaker::{Breaker, CircuitBreakerLayer, Config};
+    use palisade::ratelimit::http::{HttpRateLimitLayer, PeerIp};
+    use palisade::ratelimit::{KeyedLimiter, PerKey, Quota};
+    use tokio::net::TcpListener;
+    use tower::ServiceBuilder;
+
+    use crate::common::{PROCESS_TIMEOUT, Reply, send};
+
+    /// Bounds every wait on the server.
+    async fn bounded<F: std::future::Future>(future: F) -> F::Output {
+        tokio::time::timeout(PROCESS_TIMEOUT, future)
+            .await
+            .expect("the server answers in time")
+    }
+
+    async fn fetch(addr: SocketAddr, path: &str) -> Reply {
+        bounded(crate::common::get(&format!("http://{addr}{path}"))).await
+    }
+
+    /// A per-IP limit of `burst` requests per hour (nothing refills while a
+    /// test runs) on `/`, counting the handler's calls.
+    fn limited_app(burst: u32, calls: Arc<AtomicU64>) -> Router {
+        let per_ip = PerKey::new(
+            KeyedLimiter::builder(
+                Quota::builder()
+                    .rate(burst)
+                    .per(Duration::from_secs(3600))
+                    .build()
+                    .unwrap(),
+            )
+            .name("per-ip")
+            .build()
+            .unwrap(),
+            PeerIp::new(),
+        );
+        Router::new()
+            .route(
+                "/",
+                get(move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    "ok"
+                }),
+            )
+            .layer(HttpRateLimitLayer::new(per_ip))
+    }
+
+    #[tokio::test]
+    async fn axum_serve_with_connect_info_keys_the_per_ip_limit_and_answers_429_exactly_then() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let app = limited_app(3, calls.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+
+        for remaining in [2, 1, 0] {
+            let reply = fetch(addr, "/").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.text(), "ok");
+            let field = reply.header("ratelimit");
+            assert!(
+                field.starts_with(&format!("\"per-ip\";r={remaining};t=")),
+                "{field}"
+            );
+        }
+        for _ in 0..2 {
+            let reply = fetch(addr, "/").await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+            // The next cell is due 1200 s after the burst, rounded up.
+            let secs: u64 = reply.header("retry-after").parse().unwrap();
+            assert!((1140..=1200).contains(&secs), "retry-after {secs}");
+            assert_eq!(reply.header("ratelimit-policy"), "\"per-ip\";q=3;w=3600");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn without_connect_info_the_per_ip_limit_refuses_instead_of_passing() {
+        // `axum::serve(listener, app)` puts no peer address in the requests:
+        // the policy cannot apply, and says so with a 500 (logged, counted)
+        // rather than admitting everything.
+        let calls = Arc::new(AtomicU64::new(0));
+        let app = limited_app(3, calls.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        for _ in 0..2 {
+            let reply = fetch(addr, "/").await;
+            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// Every palisade error through the one mapping; the request's headers
+    /// say whether to answer in gRPC.
+    async fn handle_error(headers: HeaderMap, err: BoxError) -> Response {
+        palisade::http::error_response::<Body>(&err, &headers)
+            .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+
+    #[tokio::test]
+    async fn a_breaker_in_route_layer_guards_its_routes_only() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let breaker = Breaker::new(
+            Config::builder()
+                .name("flaky")
+                .consecutive_failures(3)
+                .wait_duration(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        );
+        let flaky = {
+            let calls = calls.clone();
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::INTERNAL_SERVER_ERROR, "down")
+            }
+        };
+        let app = Router::new()
+            .route("/flaky", get(flaky))
+            // Only the routes above: not the ones added below, not 404s.
+            .route_layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(handle_error))
+                    .layer(
+                        CircuitBreakerLayer::new(breaker.clone())
+                            .classifier(HttpClassifier::server_errors()),
+                    ),
+            )
+            .route("/other", get(|| async { "fine" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+
+        for _ in 0..3 {
+            let reply = fetch(addr, "/flaky").await;
+            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(reply.text(), "down");
+        }
+        let open = fetch(addr, "/flaky").await;
+        assert_eq!(open.status, StatusCode::SERVICE_UNAVAILABLE);
+        let secs: u64 = open.header("retry-after").parse().unwrap();
+        assert!((1..=66).contains(&secs), "retry-after {secs}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // A gRPC caller of the same route gets its own form of the answer.
+        let grpc = bounded(send(
+            Request::get(format!("http://{addr}/flaky"))
+                .header("content-type", "application/grpc")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        ))
+        .await;
+        assert_eq!(grpc.status, StatusCode::OK);
+        assert_eq!(grpc.header("grpc-status"), "14");
+        assert_eq!(grpc.header("grpc-message"), "circuit breaker open");
+
+        // Routes outside `route_layer` and unknown paths never touch it.
+        let other = fetch(addr, "/other").await;
+        assert_eq!(other.status, StatusCode::OK);
+        assert_eq!(other.text(), "fine");
+        assert_eq!(fetch(addr, "/missing").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(breaker.state(), palisade::breaker::State::Open);
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{Response, StatusCode, Version, header};
 use palisade::breaker::{Breaker, CircuitBreakerLayer, Config, Rejected, State};
-use palisade::http::{error_response, retry_after_secs};
+use palisade::http::{Protocol, error_response, retry_after_secs};
 use palisade::ratelimit::{Clock, Limiter, Quota, RateLimitLayer, RateLimited};
 use palisade::shutdown::{Drain, Draining};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
@@ -86,7 +86,7 @@ fn retry_after_is_one_rule_in_all_three_crates() {
 #[test]
 fn error_response_maps_every_palisade_error() {
     let limited: BoxError = Box::new(limited_after(Duration::from_millis(1_500)));
-    let r = error_response::<()>(&limited).unwrap();
+    let r = error_response::<()>(&limited, Protocol::Http).unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(retry_after(&r), 2);
     assert!(r.headers().contains_key("ratelimit"));
@@ -94,17 +94,17 @@ fn error_response_maps_every_palisade_error() {
     let open: BoxError = Box::new(Rejected::Open {
         retry_after: Duration::from_millis(200),
     });
-    let r = error_response::<()>(&open).unwrap();
+    let r = error_response::<()>(&open, Protocol::Http).unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(retry_after(&r), 1);
 
     let forced: BoxError = Box::new(Rejected::ForcedOpen);
-    let r = error_response::<()>(&forced).unwrap();
+    let r = error_response::<()>(&forced, Protocol::Http).unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!r.headers().contains_key(header::RETRY_AFTER));
 
     let draining: BoxError = Box::new(Draining);
-    let r = error_response::<()>(&draining).unwrap();
+    let r = error_response::<()>(&draining, Protocol::Http).unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(retry_after(&r), 1);
     assert_eq!(r.headers()[header::CONNECTION], "close");
@@ -124,12 +124,73 @@ fn error_response_maps_every_palisade_error() {
     }
     let wrapped: BoxError = Box::new(Wrapper(Box::new(Draining)));
     assert_eq!(
-        error_response::<()>(&wrapped).unwrap().status(),
+        error_response::<()>(&wrapped, Protocol::Http)
+            .unwrap()
+            .status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
 
     let other: BoxError = "an upstream error".into();
-    assert!(error_response::<()>(&other).is_none());
+    assert!(error_response::<()>(&other, Protocol::Http).is_none());
+}
+
+#[test]
+fn error_response_answers_grpc_requests_with_their_grpc_status() {
+    let grpc = |err: BoxError| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/grpc+proto".parse().unwrap(),
+        );
+        let r = error_response::<()>(&err, &headers).expect("a palisade error");
+        assert_eq!(r.status(), StatusCode::OK, "trailers-only is HTTP 200");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
+        let text = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        (
+            text("grpc-status").expect("grpc-status"),
+            text("grpc-message"),
+            text("grpc-retry-pushback-ms"),
+        )
+    };
+    let limited = grpc(Box::new(limited_after(Duration::from_millis(1_500))));
+    assert_eq!(limited.0, "8", "RESOURCE_EXHAUSTED");
+    assert_eq!(limited.1.as_deref(), Some("rate limited by policy global"));
+    assert_eq!(limited.2.as_deref(), Some("1500"));
+
+    let open = grpc(Box::new(Rejected::Open {
+        retry_after: Duration::from_millis(200),
+    }));
+    assert_eq!(
+        open,
+        (
+            "14".into(),
+            Some("circuit breaker open".into()),
+            Some("200".into())
+        )
+    );
+    let forced = grpc(Box::new(Rejected::ForcedOpen));
+    assert_eq!(
+        forced,
+        (
+            "14".into(),
+            Some("circuit breaker forced open".into()),
+            None
+        )
+    );
+    let draining = grpc(Box::new(Draining));
+    assert_eq!(
+        draining,
+        ("14".into(), Some("server is draining".into()), None)
+    );
+
+    // The same errors for a plain HTTP request keep their HTTP answers.
+    let plain = error_response::<()>(&(Box::new(Draining) as BoxError), &http::HeaderMap::new());
+    assert_eq!(plain.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 // The README's stack under paused time: one `advance` moves the limiter and
@@ -204,7 +265,7 @@ async fn error_response_maps_batch_errors_through_their_source() {
         .unwrap()
         .layer(inner);
     let err = batch.clone().oneshot(1).await.unwrap_err();
-    let r = error_response::<()>(&err).expect("the breaker's rejection inside");
+    let r = error_response::<()>(&err, Protocol::Http).expect("the breaker's rejection inside");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(retry_after(&r), 3);
 
@@ -213,7 +274,7 @@ async fn error_response_maps_batch_errors_through_their_source() {
         palisade::batch::Error::Closed(palisade::batch::Closed::Shutdown),
     ] {
         let e: BoxError = Box::new(e);
-        let r = error_response::<()>(&e).unwrap();
+        let r = error_response::<()>(&e, Protocol::Http).unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(retry_after(&r), 1);
     }
@@ -222,7 +283,9 @@ async fn error_response_maps_batch_errors_through_their_source() {
         received: 1,
     });
     assert_eq!(
-        error_response::<()>(&mismatch).unwrap().status(),
+        error_response::<()>(&mismatch, Protocol::Http)
+            .unwrap()
+            .status(),
         StatusCode::BAD_GATEWAY
     );
 }

@@ -67,6 +67,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // tokio-console (docs/ecosystem.md): `--features console` built with
+    // `RUSTFLAGS="--cfg tokio_unstable"`; logs then follow RUST_LOG.
+    #[cfg(all(feature = "console", tokio_unstable))]
+    console_subscriber::init();
+    #[cfg(not(all(feature = "console", tokio_unstable)))]
     telemetry::init_logging(&config.log);
 
     // One worker (pinned to one CPU, or `--workers 1`): the current-thread

@@ -144,7 +144,9 @@ pub fn build(
 /// `Connection: close`, a rate limit's 429) is mapped by
 /// `palisade::http::error_response`; the gateway only adds its short body.
 pub fn error_response(err: &BoxError) -> Response<Body> {
-    if let Some(mut res) = palisade::http::error_response::<Body>(err) {
+    if let Some(mut res) =
+        palisade::http::error_response::<Body>(err, palisade::http::Protocol::Http)
+    {
         let body = match res.status() {
             StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
             StatusCode::SERVICE_UNAVAILABLE if res.headers().contains_key(header::CONNECTION) => {

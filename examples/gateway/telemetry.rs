@@ -43,6 +43,8 @@ pub const ACCESS_TARGET: &str = "gateway::access";
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` if set, else
 /// `log.filter`; JSON or human-readable lines on stdout.
+// Unused when tokio-console's subscriber replaces it (see main.rs).
+#[cfg_attr(all(feature = "console", tokio_unstable), allow(dead_code))]
 pub fn init_logging(config: &LogConfig) {
     let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.filter.clone());
     if !config.access_log {

@@ -16,17 +16,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let worker = worker.instrument(tracing::info_span!("palisade-batch worker", batcher = %name));
-    #[cfg(tokio_unstable)]
-    {
-        let task = format!("palisade-batch worker {name}");
-        // Builder::spawn fails only when the runtime is shutting down; the
-        // worker future is then dropped, and its Drop answers and closes.
-        if let Err(e) = tokio::task::Builder::new().name(&task).spawn(worker) {
-            tracing::error!(batcher = %name, error = %e, "cannot spawn the batch worker");
-        }
-    }
-    #[cfg(not(tokio_unstable))]
-    {
-        drop(tokio::spawn(worker));
-    }
+    drop(palisade_core::task::spawn_named(
+        format_args!("palisade-batch worker {name}"),
+        worker,
+    ));
 }

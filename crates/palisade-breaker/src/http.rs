@@ -1,13 +1,20 @@
 //! HTTP mapping (feature `http`): 5xx responses as failures, rejections as
 //! `503 Service Unavailable` with `Retry-After`, and [`BodyEndLayer`] to
 //! classify a response when its body ends instead of at its head.
+//!
+//! gRPC: [`GrpcClassifier`] reads `grpc-status` from trailers-only headers
+//! or from the trailers at the body's end (with [`BodyEndLayer`]), and
+//! [`BodyEndLayer`] answers a rejected gRPC call with a trailers-only
+//! `UNAVAILABLE` ([`grpc_rejected_response`]) instead of failing it.
 
 mod body_end;
+mod grpc;
 
 pub use body_end::{BodyEnd, BodyEndFuture, BodyEndLayer, BreakerBody};
+pub use grpc::{GrpcClassifier, grpc_rejected_response};
 
 use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use crate::classify::{Classify, Outcome};
 use crate::error::Rejected;
@@ -66,6 +73,49 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
             Ok(response) if self.is_failure(response.status()) => Outcome::Failure,
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// How [`BodyEndLayer`] classifies a response: at its head if the head
+/// decides, otherwise when its body ends.
+pub trait ClassifyResponse {
+    /// What decides at the body's end, carried in the [`BreakerBody`] (keep
+    /// it small: it travels with every undecided response).
+    type End: ClassifyEnd;
+
+    /// `Ok(outcome)` when the status and headers decide the call (a 5xx, a
+    /// trailers-only gRPC status), else `Err(end)` to decide at the end.
+    fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Result<Outcome, Self::End>;
+}
+
+/// Decides a call when its response body ends; see [`ClassifyResponse`].
+pub trait ClassifyEnd {
+    /// The outcome of a body that ended, with its trailers if it had any.
+    fn classify_end(&self, trailers: Option<&HeaderMap>) -> Outcome;
+}
+
+/// The body-end rule of [`HttpClassifier`]: a body read to its end is a
+/// success, whatever its trailers say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpEnd;
+
+impl ClassifyEnd for HttpEnd {
+    #[inline]
+    fn classify_end(&self, _trailers: Option<&HeaderMap>) -> Outcome {
+        Outcome::Success
+    }
+}
+
+impl ClassifyResponse for HttpClassifier {
+    type End = HttpEnd;
+
+    #[inline]
+    fn classify_head(&self, status: StatusCode, _headers: &HeaderMap) -> Result<Outcome, HttpEnd> {
+        if self.is_failure(status) {
+            Ok(Outcome::Failure)
+        } else {
+            Err(HttpEnd)
         }
     }
 }

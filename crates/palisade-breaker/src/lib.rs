@@ -97,6 +97,10 @@
 //! Service Unavailable` with `Retry-After` rounded up to whole seconds (never
 //! 0). [`http::BodyEndLayer`] classifies a response when its body ends, so a
 //! `200` whose body fails mid-stream counts as a failure.
+//! [`http::GrpcClassifier`] classifies gRPC calls by their `grpc-status`
+//! (trailers-only headers, or the trailers at the body's end), and
+//! `BodyEndLayer` answers a rejected gRPC call with a trailers-only
+//! `UNAVAILABLE`.
 //!
 //! See `docs/circuit-breaker.md` for every knob, choosing the window, and how
 //! to order the breaker with retries, timeouts and rate limiting.

@@ -158,3 +158,266 @@ async fn body_end_classification_sees_a_body_failing_mid_stream() {
         .unwrap_err();
     assert!(err.is::<Rejected>());
 }
+
+// === gRPC ===
+
+mod grpc {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+    use http_body::{Body, Frame};
+    use palisade_breaker::http::{BodyEndLayer, GrpcClassifier};
+    use palisade_breaker::{Outcome, Rejected, State};
+    use palisade_core::grpc::Code;
+    use tower::{BoxError, Layer, Service, ServiceExt};
+
+    use super::support::{Log, build, builder};
+
+    /// A body of fixed frames (data, then optionally trailers).
+    #[derive(Debug, Default)]
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn status_map(code: &'static str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert("grpc-status", HeaderValue::from_static(code));
+        map
+    }
+
+    /// What the backend answers, chosen by the request.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// Trailers-only: `grpc-status` in the headers, no body.
+        TrailersOnly(&'static str),
+        /// A message, then trailers with this `grpc-status`.
+        Trailers(&'static str),
+        /// A message, then the end without trailers.
+        NoStatus,
+        /// An HTTP error status without gRPC headers (a proxy in between).
+        Http(u16),
+    }
+
+    fn respond(answer: Answer) -> Response<Frames> {
+        let mut frames = VecDeque::new();
+        let mut response = Response::new(Frames::default());
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        match answer {
+            Answer::TrailersOnly(code) => {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static(code));
+            }
+            Answer::Trailers(code) => {
+                frames.push_back(Frame::data(Bytes::from_static(b"\0\0\0\0\0")));
+                frames.push_back(Frame::trailers(status_map(code)));
+            }
+            Answer::NoStatus => frames.push_back(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Answer::Http(status) => *response.status_mut() = StatusCode::from_u16(status).unwrap(),
+        }
+        *response.body_mut() = Frames(frames);
+        response
+    }
+
+    fn grpc_request(answer: Answer) -> Request<Answer> {
+        let mut req = Request::new(answer);
+        req.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        req
+    }
+
+    async fn drain<B: Body>(body: B) {
+        let _ = http_body_util::BodyExt::collect(body).await;
+    }
+
+    /// A breaker that opens on one failure, and the layer around a backend.
+    fn setup() -> (
+        palisade_breaker::Breaker,
+        impl Service<
+            Request<Answer>,
+            Response = Response<impl Body<Data = Bytes, Error = BoxError>>,
+            Error = BoxError,
+        > + Clone,
+    ) {
+        let breaker = build(
+            builder(&Log::default())
+                .consecutive_failures(1)
+                .wait_duration(Duration::from_secs(10)),
+        );
+        let backend = tower::service_fn(|req: Request<Answer>| async move {
+            Ok::<_, BoxError>(respond(*req.body()))
+        });
+        let svc = BodyEndLayer::new(breaker.clone())
+            .classifier(GrpcClassifier::default())
+            .layer(backend);
+        (breaker, svc)
+    }
+
+    #[test]
+    fn default_codes() {
+        let c = GrpcClassifier::default();
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+        ] {
+            assert_eq!(c.outcome(code), Outcome::Failure, "{code}");
+        }
+        assert_eq!(c.outcome(Code::Cancelled), Outcome::Ignored);
+        for code in [
+            Code::Ok,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::PermissionDenied,
+        ] {
+            assert_eq!(c.outcome(code), Outcome::Success, "{code}");
+        }
+        let only = GrpcClassifier::from_codes([Code::ResourceExhausted]);
+        assert_eq!(only.outcome(Code::Unavailable), Outcome::Success);
+        assert_eq!(only.outcome(Code::ResourceExhausted), Outcome::Failure);
+        let ignored = GrpcClassifier::default().with_ignored(Code::Unavailable);
+        assert_eq!(ignored.outcome(Code::Unavailable), Outcome::Ignored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trailers_only_unavailable_is_a_failure_at_the_head() {
+        let (breaker, mut svc) = setup();
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::TrailersOnly("14")))
+            .await
+            .unwrap();
+        // Decided before the body is read.
+        assert_eq!(breaker.state(), State::Open);
+        drain(response.into_body()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_in_the_trailers_is_a_failure_when_the_body_ends() {
+        let (breaker, mut svc) = setup();
+        let ok = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::Trailers("0")))
+            .await
+            .unwrap();
+        drain(ok.into_body()).await;
+        assert_eq!(breaker.counts().calls, 1);
+        assert_eq!(breaker.state(), State::Closed);
+
+        let failing = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::Trailers("14")))
+            .await
+            .unwrap();
+        assert_eq!(failing.status(), StatusCode::OK);
+        assert_eq!(
+            breaker.state(),
+            State::Closed,
+            "undecided until the trailers"
+        );
+        drain(failing.into_body()).await;
+        assert_eq!(breaker.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_without_status_http_errors_and_cancelled_calls() {
+        // A stream that ends without a status is UNKNOWN to the client.
+        let (breaker, mut svc) = setup();
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::NoStatus));
+        drain(r.await.unwrap().into_body()).await;
+        assert_eq!(breaker.state(), State::Open);
+
+        // An HTTP 503 with no grpc-status maps to UNAVAILABLE: a failure.
+        let (breaker, mut svc) = setup();
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::Http(503)));
+        drop(r.await.unwrap());
+        assert_eq!(breaker.state(), State::Open);
+
+        // A 404 maps to UNIMPLEMENTED, and CANCELLED is ignored: neither opens it.
+        let (breaker, mut svc) = setup();
+        for answer in [
+            Answer::Http(404),
+            Answer::Trailers("1"),
+            Answer::TrailersOnly("5"),
+        ] {
+            let r = svc.ready().await.unwrap().call(grpc_request(answer));
+            drain(r.await.unwrap().into_body()).await;
+        }
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(
+            breaker.counts().calls,
+            2,
+            "the cancelled call is not counted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_answers_grpc_calls_with_trailers_only_unavailable() {
+        let (breaker, mut svc) = setup();
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), State::Open);
+
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request(Answer::Trailers("0")))
+            .await
+            .expect("a gRPC call is answered, not failed");
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "circuit breaker open");
+        assert_eq!(h["grpc-retry-pushback-ms"], "10000");
+        assert!(response.body().is_end_stream());
+
+        // A plain HTTP request still fails with `Rejected`.
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Answer::Trailers("0")))
+            .await
+            .err()
+            .expect("an HTTP call fails");
+        assert!(err.is::<Rejected>());
+    }
+}

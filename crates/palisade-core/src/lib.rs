@@ -9,6 +9,10 @@
 //!   `tower::BoxError`).
 //! - [`ConfigError`]: an invalid configuration value, naming the field, as
 //!   every builder's `build()` returns it.
+//! - `grpc` (feature `grpc`): gRPC status codes, which code each palisade
+//!   rejection is answered with, and how the breaker reads a call's outcome.
+//! - [`task::spawn_named`]: how palisade spawns a task, named for
+//!   tokio-console under `--cfg tokio_unstable`.
 //! - [`SharedError`] and [`panic_message`]: how a worker-backed middleware
 //!   (batching, pools) hands one failure, or a caught panic, to every caller
 //!   it concerns.
@@ -32,6 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod clock;
+#[cfg(feature = "grpc")]
+pub mod grpc;
+pub mod task;
 
 /// A type-erased error: the error type of palisade's services, identical to
 /// `tower::BoxError` (both are this alias), so errors of palisade layers and

@@ -17,17 +17,8 @@ where
 {
     let fut = fut
         .instrument(tracing::info_span!("palisade-pipeline", pipeline = %pipeline, task = %task));
-    #[cfg(tokio_unstable)]
-    {
-        let name = format!("palisade-pipeline {pipeline}/{task}");
-        // Fails only while the runtime shuts down; the future is dropped,
-        // and the guards it holds let drains finish.
-        if let Err(e) = tokio::task::Builder::new().name(&name).spawn(fut) {
-            tracing::error!(pipeline = %pipeline, task = %task, error = %e, "cannot spawn a pipeline task");
-        }
-    }
-    #[cfg(not(tokio_unstable))]
-    {
-        drop(tokio::spawn(fut));
-    }
+    drop(palisade_core::task::spawn_named(
+        format_args!("palisade-pipeline {pipeline}/{task}"),
+        fut,
+    ));
 }

@@ -18,17 +18,8 @@ where
 {
     let worker = worker
         .instrument(tracing::info_span!("palisade-pool worker", pool = %name, worker = index));
-    #[cfg(tokio_unstable)]
-    {
-        let task = format!("palisade-pool worker {name}#{index}");
-        // Builder::spawn fails only when the runtime is shutting down; the
-        // worker future is then dropped, and its guard answers and closes.
-        if let Err(e) = tokio::task::Builder::new().name(&task).spawn(worker) {
-            tracing::error!(pool = %name, error = %e, "cannot spawn a pool worker");
-        }
-    }
-    #[cfg(not(tokio_unstable))]
-    {
-        drop(tokio::spawn(worker));
-    }
+    drop(palisade_core::task::spawn_named(
+        format_args!("palisade-pool worker {name}#{index}"),
+        worker,
+    ));
 }

@@ -1,6 +1,7 @@
 //! A shared, keyed GCRA rate limiter for [`tower`](https://docs.rs/tower)
-//! services, with bounded memory, standard HTTP headers (feature `http`) and a
-//! Redis backend for fleets (feature `redis`).
+//! services, with bounded memory, standard HTTP headers and gRPC statuses
+//! (feature `http`), peer addresses from axum's `ConnectInfo` (feature
+//! `axum`) and a Redis backend for fleets (feature `redis`).
 //!
 //! # Example
 //!

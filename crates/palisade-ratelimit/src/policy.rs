@@ -215,7 +215,7 @@ pub trait KeyExtractor<Req> {
     fn extract(&self, req: &Req) -> Option<Self::Key>;
 
     /// What a request without a key lacks, for the [`MissingKey`] error and
-    /// its log line (for example "`SocketAddr` request extension").
+    /// its log line (for example "peer address request extension").
     fn missing(&self) -> &'static str {
         "key (the key extractor returned None)"
     }

@@ -11,8 +11,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use palisade_ratelimit::{
     Clock, KeyExtractor, KeyedLimiter, Limiter, PerKey, Quota,
     http::{
-        ClientIp, ForwardedHeader, Global, HeaderKey, Headers, HttpRateLimitLayer, PeerIp,
-        RouteKey, retry_after_secs,
+        ClientIp, ForwardedHeader, Global, HeaderKey, Headers, HttpRateLimitLayer, PeerAddr,
+        PeerIp, RouteKey, retry_after_secs,
     },
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -330,7 +330,8 @@ async fn a_missing_key_is_a_500_logged_once_and_counted_unless_allowed() {
         .expect("MissingKey");
     assert_eq!(missing.policy(), "per-ip");
     assert!(
-        err.to_string().contains("`SocketAddr` request extension"),
+        err.to_string()
+            .contains("peer address request extension (`SocketAddr`"),
         "{err}"
     );
 
@@ -419,4 +420,125 @@ impl tracing::Subscriber for ErrorEvents {
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// === peer addresses from any server, gRPC rejections ===
+
+#[test]
+fn peer_ip_reads_axum_connect_info_and_custom_connection_info() {
+    let peer = SocketAddr::from(([192, 0, 2, 9], 1234));
+    let bare = || Request::new(());
+    let with = |f: &dyn Fn(&mut http::Extensions)| {
+        let mut req = bare();
+        f(req.extensions_mut());
+        req
+    };
+    let from_socket = with(&|e| {
+        e.insert(peer);
+    });
+    assert_eq!(PeerIp::new().extract(&from_socket), Some(peer.ip()));
+
+    // `axum::serve(.., into_make_service_with_connect_info::<SocketAddr>())`.
+    #[cfg(feature = "axum")]
+    {
+        let from_axum = with(&|e| {
+            e.insert(axum::extract::ConnectInfo(peer));
+        });
+        assert_eq!(PeerIp::new().extract(&from_axum), Some(peer.ip()));
+        assert_eq!(
+            ClientIp::new(["10.0.0.0/8".parse().unwrap()]).extract(&from_axum),
+            Some(peer.ip())
+        );
+    }
+
+    // A connection-info type of the user's own.
+    #[derive(Clone)]
+    struct Conn(SocketAddr);
+    impl PeerAddr for Conn {
+        fn peer_addr(&self) -> Option<SocketAddr> {
+            Some(self.0)
+        }
+    }
+    let other = SocketAddr::from(([198, 51, 100, 1], 1));
+    let own = with(&|e| {
+        e.insert(Conn(other));
+        e.insert(peer);
+    });
+    // The configured type is tried first.
+    assert_eq!(
+        PeerIp::new().connect_info::<Conn>().extract(&own),
+        Some(other.ip())
+    );
+    assert_eq!(PeerIp::new().extract(&own), Some(peer.ip()));
+    // A lookup function, for a type of another crate (tonic's TcpConnectInfo).
+    let lookup = PeerIp::new().peer_addr_with(|ext| ext.get::<Conn>().map(|c| c.0));
+    assert_eq!(lookup.extract(&own), Some(other.ip()));
+
+    // Nothing to read: no key (the policy refuses it, see the missing-key test).
+    assert_eq!(PeerIp::new().extract(&bare()), None);
+    assert_eq!(PeerIp::new().connect_info::<Conn>().extract(&bare()), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_over_the_limit_get_resource_exhausted_or_the_configured_code() {
+    let policy = || {
+        Limiter::builder(Quota::per_second(1).unwrap())
+            .name("global")
+            .clock(Clock::tokio())
+            .build()
+    };
+    let grpc = || {
+        let mut req = request("192.0.2.1", &[("content-type", "application/grpc")]);
+        *req.uri_mut() = "/pkg.Svc/Call".parse().unwrap();
+        req
+    };
+    let svc = HttpRateLimitLayer::new(policy()).layer(ok_service());
+    assert_eq!(
+        svc.clone().oneshot(grpc()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let limited = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::OK, "trailers-only");
+    let h = limited.headers();
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["grpc-status"], "8");
+    assert_eq!(h["grpc-message"], "rate limited by policy global");
+    assert_eq!(h["grpc-retry-pushback-ms"], "1000");
+    assert_eq!(h["ratelimit-policy"], "\"global\";q=1;w=1");
+    assert!(!h.contains_key("retry-after"));
+    assert_eq!(limited.body(), "");
+    // Plain HTTP on the same limiter keeps the 429.
+    let http = svc.oneshot(request("192.0.2.1", &[])).await.unwrap();
+    assert_eq!(http.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let unavailable = HttpRateLimitLayer::new(policy())
+        .grpc_code(palisade_core::grpc::Code::Unavailable)
+        .layer(ok_service());
+    assert_eq!(
+        unavailable.clone().oneshot(grpc()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    tokio::time::advance(Duration::from_millis(250)).await;
+    let limited = unavailable.oneshot(grpc()).await.unwrap();
+    assert_eq!(limited.headers()["grpc-status"], "14");
+    assert_eq!(limited.headers()["grpc-retry-pushback-ms"], "750");
+}
+
+#[tokio::test]
+async fn a_grpc_call_without_a_key_gets_internal() {
+    let per_ip = PerKey::new(
+        KeyedLimiter::builder(Quota::per_second(1).unwrap())
+            .name("per-ip")
+            .build()
+            .unwrap(),
+        PeerIp::new(),
+    );
+    let svc = HttpRateLimitLayer::new(per_ip).layer(ok_service());
+    let req = Request::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "13");
 }

@@ -1,6 +1,12 @@
 //! HTTP mode (feature `http`): count requests until the response body ends,
 //! answer refused requests with `503`, exempt health checks, hand every
 //! request a [`DrainToken`].
+//!
+//! A refused gRPC request (`content-type: application/grpc...`) gets a
+//! trailers-only gRPC response instead of the 503: HTTP 200, `grpc-status`
+//! `UNAVAILABLE` ([`palisade_core::grpc::DRAINING`]) and a `grpc-message`,
+//! which a gRPC client reads as "try another server" (the 503 would reach a
+//! tonic client as `UNAVAILABLE` with no message).
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +36,14 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// [`DrainLayer`](crate::DrainLayer) in an error handler.
 pub fn draining_response<B: Default>(retry_after: Duration, version: Version) -> Response<B> {
     build_draining_response(retry_after_value(retry_after), version)
+}
+
+/// The trailers-only gRPC response a draining server answers a gRPC call
+/// with: `grpc-status` [`UNAVAILABLE`](palisade_core::grpc::DRAINING),
+/// `grpc-message: server is draining`, and no pushback (the client should
+/// retry on another connection at once; HTTP/2's GOAWAY closes this one).
+pub fn grpc_draining_response<B: Default>() -> Response<B> {
+    palisade_core::grpc::trailers_only(palisade_core::grpc::DRAINING, "server is draining", None)
 }
 
 fn retry_after_value(retry_after: Duration) -> HeaderValue {
@@ -239,7 +253,10 @@ where
         } else {
             match self.state.acquire() {
                 Some(guard) => Some(guard),
-                None => return ResponseFuture::refused(&self.config, request.version()),
+                None => {
+                    let grpc = palisade_core::grpc::is_grpc(request.headers());
+                    return ResponseFuture::refused(&self.config, request.version(), grpc);
+                }
             }
         };
         // Two call sites, so the request is never copied into a temporary.
@@ -276,17 +293,18 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Admitted { #[pin] future: F },
-        Refused { response: Option<(HeaderValue, Version)> },
+        // The Retry-After value, the HTTP version and whether it is gRPC.
+        Refused { response: Option<(HeaderValue, Version, bool)> },
     }
 }
 
 impl<F> ResponseFuture<F> {
     #[cold]
     #[inline(never)]
-    fn refused(config: &Config, version: Version) -> Self {
+    fn refused(config: &Config, version: Version, grpc: bool) -> Self {
         Self {
             kind: Kind::Refused {
-                response: Some((config.retry_after.clone(), version)),
+                response: Some((config.retry_after.clone(), version, grpc)),
             },
             guard: None,
         }
@@ -315,10 +333,14 @@ where
                 }))
             }
             KindProj::Refused { response } => {
-                let (retry_after, version) = response
+                let (retry_after, version, grpc) = response
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(build_draining_response(retry_after, version)))
+                Poll::Ready(Ok(if grpc {
+                    grpc_draining_response()
+                } else {
+                    build_draining_response(retry_after, version)
+                }))
             }
         }
     }

@@ -130,13 +130,18 @@ impl Scope {
             scope: self.inner.clone(),
             id,
         };
-        let handle = tokio::spawn(async move {
-            let _registration = registration;
-            future.await
-        });
+        let name = name.into();
+        // Named `palisade-shutdown <name>` under `--cfg tokio_unstable`.
+        let handle = palisade_core::task::spawn_named(
+            format_args!("palisade-shutdown {name}"),
+            async move {
+                let _registration = registration;
+                future.await
+            },
+        );
         // The entry is inserted while the lock is held, so a task finishing
         // on another worker removes it only after it exists.
-        tasks.live.insert(id, (name.into(), handle.abort_handle()));
+        tasks.live.insert(id, (name, handle.abort_handle()));
         handle
     }
 

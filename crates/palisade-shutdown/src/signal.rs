@@ -110,5 +110,8 @@ pub async fn handle<S: SignalSource>(shutdown: Shutdown, mut source: S) {
 /// runtime.
 pub fn spawn(shutdown: &Shutdown) -> io::Result<JoinHandle<()>> {
     let source = OsSignals::new()?;
-    Ok(tokio::spawn(handle(shutdown.clone(), source)))
+    Ok(palisade_core::task::spawn_named(
+        "palisade-shutdown signal",
+        handle(shutdown.clone(), source),
+    ))
 }

@@ -324,6 +324,48 @@ mod http_mode {
     }
 
     #[tokio::test]
+    async fn a_refused_grpc_call_gets_a_trailers_only_unavailable() {
+        let drain = Drain::new();
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Req, Response<Full<Bytes>>, _>(HttpDrainLayer::new(drain.clone()));
+        handle.allow(1);
+        drain.start();
+        assert!(svc.poll_ready().is_ready());
+        let mut grpc = req("/pkg.Service/Method");
+        grpc.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        *grpc.version_mut() = Version::HTTP_2;
+        let response = svc.call(grpc).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(response.headers()["grpc-message"], "server is draining");
+        assert!(!response.headers().contains_key(RETRY_AFTER));
+        assert!(!response.headers().contains_key("grpc-retry-pushback-ms"));
+        assert!(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+
+        // A plain request on the same service keeps the 503.
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(req("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        assert_eq!(drain.in_flight(), 0);
+        drop(svc);
+        assert!(
+            handle.next_request().await.is_none(),
+            "never reached the inner service"
+        );
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_mid_stream_releases_its_slot() {
         let drain = Drain::new();
         let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Channel<Bytes, Infallible>>, _>(

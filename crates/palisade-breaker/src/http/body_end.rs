@@ -11,9 +11,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::HttpClassifier;
+use super::{ClassifyEnd, ClassifyResponse, HttpClassifier, HttpEnd, grpc_rejected_response};
 use crate::BoxError;
 use crate::breaker::{Breaker, Permit};
+use crate::classify::Outcome;
 use crate::error::Rejected;
 
 /// Like [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) with an
@@ -31,11 +32,18 @@ use crate::error::Rejected;
 ///
 /// Slow-call detection, when on, measures until the body ends. Readiness is
 /// [`ReadyMode::FailFast`](crate::ReadyMode::FailFast): `poll_ready` only
-/// delegates, and a rejected call resolves to a [`Rejected`] error.
+/// delegates, and a rejected call resolves to a [`Rejected`] error, except
+/// a gRPC call (`content-type: application/grpc...`), which is answered with
+/// a trailers-only `UNAVAILABLE` ([`grpc_rejected_response`]): gRPC servers
+/// such as tonic turn a layer's error into a reset stream, not a status.
+///
+/// With [`GrpcClassifier`](super::GrpcClassifier) as the classifier, the
+/// outcome is the call's `grpc-status`: from the headers of a trailers-only
+/// response at once, else from the trailers when the body ends.
 #[derive(Debug, Clone)]
-pub struct BodyEndLayer {
+pub struct BodyEndLayer<C = HttpClassifier> {
     breaker: Breaker,
-    classifier: HttpClassifier,
+    classifier: C,
 }
 
 impl BodyEndLayer {
@@ -46,11 +54,16 @@ impl BodyEndLayer {
             classifier: HttpClassifier::default(),
         }
     }
+}
 
-    /// Which statuses are failures at the head.
-    pub fn classifier(mut self, classifier: HttpClassifier) -> Self {
-        self.classifier = classifier;
-        self
+impl<C> BodyEndLayer<C> {
+    /// How responses are classified: an [`HttpClassifier`] (which statuses
+    /// fail at the head) or a [`GrpcClassifier`](super::GrpcClassifier).
+    pub fn classifier<C2: ClassifyResponse + Clone>(self, classifier: C2) -> BodyEndLayer<C2> {
+        BodyEndLayer {
+            breaker: self.breaker,
+            classifier,
+        }
     }
 
     /// The shared breaker.
@@ -59,27 +72,27 @@ impl BodyEndLayer {
     }
 }
 
-impl<S> Layer<S> for BodyEndLayer {
-    type Service = BodyEnd<S>;
+impl<S, C: Clone> Layer<S> for BodyEndLayer<C> {
+    type Service = BodyEnd<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         BodyEnd {
             inner,
             breaker: self.breaker.clone(),
-            classifier: self.classifier,
+            classifier: self.classifier.clone(),
         }
     }
 }
 
 /// The service of [`BodyEndLayer`].
 #[derive(Debug, Clone)]
-pub struct BodyEnd<S> {
+pub struct BodyEnd<S, C = HttpClassifier> {
     inner: S,
     breaker: Breaker,
-    classifier: HttpClassifier,
+    classifier: C,
 }
 
-impl<S> BodyEnd<S> {
+impl<S, C> BodyEnd<S, C> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -96,15 +109,16 @@ impl<S> BodyEnd<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BodyEnd<S>
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for BodyEnd<S, C>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     ResBody: Body,
+    C: ClassifyResponse + Clone,
 {
-    type Response = Response<BreakerBody<ResBody>>;
+    type Response = Response<BreakerBody<ResBody, C::End>>;
     type Error = BoxError;
-    type Future = BodyEndFuture<S::Future>;
+    type Future = BodyEndFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -115,10 +129,10 @@ where
             Ok(permit) => Kind::Called {
                 future: self.inner.call(req),
                 permit: Some(permit),
-                classifier: self.classifier,
+                classifier: self.classifier.clone(),
             },
             Err(rejected) => Kind::Rejected {
-                rejected: Some(rejected),
+                rejected: Some((rejected, palisade_core::grpc::is_grpc(req.headers()))),
             },
         };
         BodyEndFuture { kind }
@@ -127,33 +141,35 @@ where
 
 pin_project! {
     /// The response future of [`BodyEnd`].
-    pub struct BodyEndFuture<F> {
+    pub struct BodyEndFuture<F, C = HttpClassifier> {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<F, C>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
-        Called { #[pin] future: F, permit: Option<Permit>, classifier: HttpClassifier },
-        Rejected { rejected: Option<Rejected> },
+    enum Kind<F, C> {
+        Called { #[pin] future: F, permit: Option<Permit>, classifier: C },
+        // The rejection and whether the request is gRPC.
+        Rejected { rejected: Option<(Rejected, bool)> },
     }
 }
 
-impl<F> fmt::Debug for BodyEndFuture<F> {
+impl<F, C> fmt::Debug for BodyEndFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BodyEndFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for BodyEndFuture<F>
+impl<F, C, B, E> Future for BodyEndFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: Body,
+    C: ClassifyResponse,
 {
-    type Output = Result<Response<BreakerBody<B>>, BoxError>;
+    type Output = Result<Response<BreakerBody<B, C::End>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -172,60 +188,81 @@ where
                         Poll::Ready(Err(error.into()))
                     }
                     Ok(response) => {
-                        let permit = if classifier.is_failure(response.status()) {
-                            if let Some(permit) = permit {
-                                permit.failure();
-                            }
-                            None
-                        } else if response.body().is_end_stream() {
-                            if let Some(permit) = permit {
-                                permit.success();
-                            }
-                            None
-                        } else {
-                            permit
-                        };
-                        Poll::Ready(Ok(response.map(|inner| BreakerBody { inner, permit })))
+                        let pending =
+                            match classifier.classify_head(response.status(), response.headers()) {
+                                Ok(outcome) => {
+                                    record(permit, outcome);
+                                    None
+                                }
+                                Err(end) if response.body().is_end_stream() => {
+                                    record(permit, end.classify_end(None));
+                                    None
+                                }
+                                Err(end) => permit.map(|permit| (permit, end)),
+                            };
+                        Poll::Ready(Ok(response.map(|inner| BreakerBody {
+                            inner: Some(inner),
+                            pending,
+                        })))
                     }
                 }
             }
             KindProj::Rejected { rejected } => {
-                let rejected = rejected
+                let (rejected, grpc) = rejected
                     .take()
                     .expect("BodyEndFuture polled after completion");
+                if grpc {
+                    return Poll::Ready(Ok(grpc_rejected_response(&rejected)));
+                }
                 Poll::Ready(Err(rejected.into()))
             }
         }
     }
 }
 
-pin_project! {
-    /// A response body that reports its call's outcome when it ends; see
-    /// [`BodyEndLayer`].
-    pub struct BreakerBody<B> {
-        #[pin]
-        inner: B,
-        permit: Option<Permit>,
+fn record(permit: Option<Permit>, outcome: Outcome) {
+    if let Some(permit) = permit {
+        permit.record(outcome);
     }
 }
 
-impl<B> BreakerBody<B> {
-    /// The wrapped body.
-    pub fn into_inner(self) -> B {
+pin_project! {
+    /// A response body that reports its call's outcome when it ends; see
+    /// [`BodyEndLayer`]. Empty (no inner body) for a gRPC rejection.
+    pub struct BreakerBody<B, E = HttpEnd> {
+        #[pin]
+        inner: Option<B>,
+        pending: Option<(Permit, E)>,
+    }
+}
+
+impl<B, E> BreakerBody<B, E> {
+    /// The wrapped body (`None` for the empty body of a gRPC rejection).
+    pub fn into_inner(self) -> Option<B> {
         self.inner
     }
 }
 
-impl<B: fmt::Debug> fmt::Debug for BreakerBody<B> {
+impl<B, E> Default for BreakerBody<B, E> {
+    /// An empty body, decided already.
+    fn default() -> Self {
+        Self {
+            inner: None,
+            pending: None,
+        }
+    }
+}
+
+impl<B: fmt::Debug, E> fmt::Debug for BreakerBody<B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerBody")
             .field("inner", &self.inner)
-            .field("pending", &self.permit.is_some())
+            .field("pending", &self.pending.is_some())
             .finish()
     }
 }
 
-impl<B: Body> Body for BreakerBody<B> {
+impl<B: Body, E: ClassifyEnd> Body for BreakerBody<B, E> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -233,35 +270,41 @@ impl<B: Body> Body for BreakerBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some(permit) = this.permit.take() {
-                    permit.success();
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(permit) = this.permit.take() {
-                    permit.failure();
-                }
-            }
-            Some(Ok(_)) => {
-                if this.inner.is_end_stream()
-                    && let Some(permit) = this.permit.take()
-                {
-                    permit.success();
-                }
-            }
+        let this = self.project();
+        let Some(mut inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        let outcome = match &frame {
+            None => this
+                .pending
+                .take()
+                .map(|(p, end)| (p, end.classify_end(None))),
+            Some(Err(_)) => this.pending.take().map(|(p, _)| (p, Outcome::Failure)),
+            // Trailers are the last frame: they carry a gRPC call's status.
+            Some(Ok(frame)) if frame.is_trailers() => this
+                .pending
+                .take()
+                .map(|(p, end)| (p, end.classify_end(frame.trailers_ref()))),
+            Some(Ok(_)) if inner.is_end_stream() => this
+                .pending
+                .take()
+                .map(|(p, end)| (p, end.classify_end(None))),
+            Some(Ok(_)) => None,
+        };
+        if let Some((permit, outcome)) = outcome {
+            record(Some(permit), outcome);
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

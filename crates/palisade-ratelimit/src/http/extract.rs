@@ -1,16 +1,14 @@
 //! Key extractors for HTTP requests.
 //!
-//! The peer address comes from the request extensions: the server must insert
-//! the connection's remote `std::net::SocketAddr` into each request's
-//! extensions (the palisade gateway does; with axum, insert it from
-//! `ConnectInfo` in a small middleware, or use a closure extractor).
+//! The peer address comes from the request extensions, in whichever form the
+//! server puts it there (see [`PeerIp`]).
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
-use http::{HeaderName, HeaderValue, Request, header::FORWARDED};
+use http::{Extensions, HeaderName, HeaderValue, Request, header::FORWARDED};
 use ipnet::IpNet;
 
 use crate::KeyExtractor;
@@ -22,11 +20,94 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// What [`PeerIp`] and [`ClientIp`] report as missing without a peer address.
-const NO_PEER: &str = "`SocketAddr` request extension (the server must insert the peer address)";
+const NO_PEER: &str = "peer address request extension (`SocketAddr`, axum's \
+    `ConnectInfo<SocketAddr>` with feature `axum`, or the type set with `connect_info`)";
 
-/// Keys by the TCP peer's IP address (the `SocketAddr` in the request
-/// extensions). A request without one is refused by the policy
-/// ([`MissingKey`](crate::MissingKey)) unless it allows missing keys.
+/// A connection-info type that knows the peer's address, so [`PeerIp`] and
+/// [`ClientIp`] can read it from the request extensions
+/// ([`PeerIp::connect_info`]).
+///
+/// Implemented for `SocketAddr` and, with feature `axum`, for axum's
+/// `ConnectInfo<T>`. For a type of another crate (tonic's
+/// `TcpConnectInfo`), use [`PeerIp::peer_addr_with`] instead.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use palisade_ratelimit::http::{PeerAddr, PeerIp};
+///
+/// #[derive(Clone)]
+/// struct MyConnInfo { remote: SocketAddr, tls: bool }
+///
+/// impl PeerAddr for MyConnInfo {
+///     fn peer_addr(&self) -> Option<SocketAddr> { Some(self.remote) }
+/// }
+///
+/// let extractor = PeerIp::new().connect_info::<MyConnInfo>();
+/// # let _ = extractor;
+/// ```
+pub trait PeerAddr: Send + Sync + 'static {
+    /// The remote address of the connection, if known.
+    fn peer_addr(&self) -> Option<SocketAddr>;
+}
+
+impl PeerAddr for SocketAddr {
+    #[inline]
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        Some(*self)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<T: PeerAddr> PeerAddr for axum::extract::ConnectInfo<T> {
+    #[inline]
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+/// Reads a peer address from a request's extensions.
+pub type PeerLookup = fn(&Extensions) -> Option<SocketAddr>;
+
+fn lookup<T: PeerAddr>(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions.get::<T>()?.peer_addr()
+}
+
+/// The peer address: the configured lookup first, then a bare `SocketAddr`
+/// (palisade's `Server`, most hyper setups), then axum's
+/// `ConnectInfo<SocketAddr>` (`into_make_service_with_connect_info`).
+#[inline]
+fn peer_of(extensions: &Extensions, custom: Option<PeerLookup>) -> Option<SocketAddr> {
+    if let Some(found) = custom.and_then(|f| f(extensions)) {
+        return Some(found);
+    }
+    if let Some(addr) = extensions.get::<SocketAddr>() {
+        return Some(*addr);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0);
+    }
+    None
+}
+
+/// Keys by the TCP peer's IP address, read from the request extensions in
+/// any of the forms servers put it there:
+///
+/// - a bare `SocketAddr` (palisade's `Server`; a hyper `service_fn` that
+///   inserts it);
+/// - axum's `ConnectInfo<SocketAddr>`, from `axum::serve(listener,
+///   app.into_make_service_with_connect_info::<SocketAddr>())` (feature
+///   `axum`);
+/// - your own connection-info type ([`connect_info`](Self::connect_info)),
+///   or any lookup function ([`peer_addr_with`](Self::peer_addr_with)), for
+///   example for tonic, whose server inserts a `TcpConnectInfo`:
+///   `PeerIp::new().peer_addr_with(|ext| ext.get::<TcpConnectInfo>()?.remote_addr())`.
+///
+/// A request without a peer address is refused by the policy with
+/// [`MissingKey`](crate::MissingKey) (a 500, logged at `error` once per
+/// policy and counted in `palisade_ratelimit_missing_key_total`), unless the
+/// policy allows missing keys: a limit that cannot apply never passes
+/// requests silently.
 ///
 /// IPv6 peers are keyed by their /64 ([`DEFAULT_IPV6_PREFIX`]), so a client
 /// rotating addresses inside its prefix keeps one budget; IPv4 addresses
@@ -37,12 +118,14 @@ const NO_PEER: &str = "`SocketAddr` request extension (the server must insert th
 #[derive(Clone, Copy, Debug)]
 pub struct PeerIp {
     ipv6_prefix: Option<u8>,
+    lookup: Option<PeerLookup>,
 }
 
 impl Default for PeerIp {
     fn default() -> Self {
         Self {
             ipv6_prefix: Some(DEFAULT_IPV6_PREFIX),
+            lookup: None,
         }
     }
 }
@@ -59,6 +142,20 @@ impl PeerIp {
         self.ipv6_prefix = Some(bits.min(128));
         self
     }
+
+    /// Also reads the peer from a `T` in the request extensions (tried
+    /// before the built-in forms).
+    pub fn connect_info<T: PeerAddr>(self) -> Self {
+        self.peer_addr_with(lookup::<T>)
+    }
+
+    /// Also reads the peer with `lookup` (tried before the built-in forms):
+    /// for connection-info types of other crates, which cannot implement
+    /// [`PeerAddr`] here.
+    pub fn peer_addr_with(mut self, lookup: PeerLookup) -> Self {
+        self.lookup = Some(lookup);
+        self
+    }
 }
 
 impl<B> KeyExtractor<Request<B>> for PeerIp {
@@ -66,7 +163,7 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
 
     #[inline]
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
-        let peer = req.extensions().get::<SocketAddr>()?;
+        let peer = peer_of(req.extensions(), self.lookup)?;
         Some(mask(canonical(peer.ip()), self.ipv6_prefix))
     }
 
@@ -97,6 +194,9 @@ pub enum ForwardedHeader {
 /// before it is used, so a garbled or hostile header never lets a client pick
 /// its own key.
 ///
+/// The peer address is found as [`PeerIp`] finds it (a `SocketAddr`, axum's
+/// `ConnectInfo`, or a configured type or lookup).
+///
 /// ```
 /// use std::net::{IpAddr, SocketAddr};
 /// use http::Request;
@@ -116,6 +216,7 @@ pub struct ClientIp {
     trusted: Arc<[IpNet]>,
     header: ForwardedHeader,
     ipv6_prefix: Option<u8>,
+    lookup: Option<PeerLookup>,
 }
 
 impl ClientIp {
@@ -126,6 +227,7 @@ impl ClientIp {
             trusted: trusted.into_iter().map(|net| net.trunc()).collect(),
             header: ForwardedHeader::XForwardedFor,
             ipv6_prefix: Some(DEFAULT_IPV6_PREFIX),
+            lookup: None,
         }
     }
 
@@ -139,6 +241,18 @@ impl ClientIp {
     /// [`PeerIp::ipv6_prefix`].
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
         self.ipv6_prefix = Some(bits.min(128));
+        self
+    }
+
+    /// Also reads the peer from a `T` in the request extensions; see
+    /// [`PeerIp::connect_info`].
+    pub fn connect_info<T: PeerAddr>(self) -> Self {
+        self.peer_addr_with(lookup::<T>)
+    }
+
+    /// Also reads the peer with `lookup`; see [`PeerIp::peer_addr_with`].
+    pub fn peer_addr_with(mut self, lookup: PeerLookup) -> Self {
+        self.lookup = Some(lookup);
         self
     }
 
@@ -184,7 +298,7 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
     type Key = IpAddr;
 
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
-        let peer = canonical(req.extensions().get::<SocketAddr>()?.ip());
+        let peer = canonical(peer_of(req.extensions(), self.lookup)?.ip());
         Some(mask(self.resolve(req, peer), self.ipv6_prefix))
     }
 

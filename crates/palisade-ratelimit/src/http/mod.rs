@@ -57,7 +57,7 @@ mod service;
 
 pub use extract::{
     ClientIp, DEFAULT_HEADER_KEY_LEN, DEFAULT_IPV6_PREFIX, ForwardedHeader, Global, HeaderKey,
-    PeerIp, RouteKey,
+    PeerAddr, PeerIp, PeerLookup, RouteKey,
 };
 pub use service::{HttpRateLimit, HttpRateLimitLayer, ResponseFuture};
 
@@ -261,6 +261,39 @@ pub fn too_many_requests<B: Default>(limited: &RateLimited, headers: &Headers) -
         map,
     );
     response
+}
+
+/// The trailers-only gRPC response for a rejected gRPC call: `grpc-status`
+/// `code` ([`palisade_core::grpc::RATE_LIMITED`] unless configured
+/// otherwise), a `grpc-message` naming the policy, `grpc-retry-pushback-ms`
+/// with the wait (rounded up to whole milliseconds, never 0), and the fields
+/// `headers` enables as metadata.
+pub fn grpc_rate_limited<B: Default>(
+    limited: &RateLimited,
+    headers: &Headers,
+    code: palisade_core::grpc::Code,
+) -> Response<B> {
+    let mut message = String::with_capacity(24 + limited.policy.len());
+    message.push_str("rate limited by policy ");
+    message.push_str(limited.policy);
+    let mut response =
+        palisade_core::grpc::trailers_only(code, &message, Some(limited.retry_after()));
+    headers.apply(
+        &Report {
+            policy: limited.policy,
+            quota: limited.quota,
+            decision: limited.decision,
+        },
+        response.headers_mut(),
+    );
+    response
+}
+
+/// The gRPC form of [`missing_key_response`]: trailers-only `INTERNAL`, with
+/// no detail (the policy logs what was missing).
+pub fn grpc_missing_key<B: Default>(missing: &MissingKey) -> Response<B> {
+    let _ = missing;
+    palisade_core::grpc::trailers_only(palisade_core::grpc::Code::Internal, "", None)
 }
 
 /// The response for a request a keyed policy found no key in: `500 Internal

@@ -11,16 +11,27 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Headers, missing_key_response, too_many_requests};
+use palisade_core::grpc::{self, Code};
+
+use super::{
+    Headers, grpc_missing_key, grpc_rate_limited, missing_key_response, too_many_requests,
+};
 use crate::{MissingKey, Policy, RateLimited, Report};
 
 /// An HTTP rate limit layer: like [`RateLimitLayer`](crate::RateLimitLayer)
 /// in reject mode, but it answers a request over the limit with a 429 itself
 /// (so the inner service's error type is unchanged) and adds the rate limit
 /// fields to admitted responses. See the [module docs](super) for an example.
+///
+/// A gRPC request (`content-type: application/grpc...`) over the limit gets
+/// a trailers-only gRPC response instead of the 429: `grpc-status`
+/// `RESOURCE_EXHAUSTED` (see [`grpc_code`](Self::grpc_code)), a
+/// `grpc-message` naming the policy, `grpc-retry-pushback-ms` with the wait,
+/// and the same rate limit fields as metadata.
 pub struct HttpRateLimitLayer<P> {
     policy: Arc<P>,
     headers: Headers,
+    grpc_code: Code,
 }
 
 impl<P> HttpRateLimitLayer<P> {
@@ -29,12 +40,23 @@ impl<P> HttpRateLimitLayer<P> {
         Self {
             policy: Arc::new(policy),
             headers: Headers::default(),
+            grpc_code: grpc::RATE_LIMITED,
         }
     }
 
     /// Sets which header fields are sent.
     pub fn headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
+        self
+    }
+
+    /// The `grpc-status` a rate-limited gRPC call gets: `RESOURCE_EXHAUSTED`
+    /// by default (what gRPC defines for an exhausted quota; tonic clients
+    /// see `Code::ResourceExhausted` and do not retry it by default), or
+    /// `UNAVAILABLE` for clients whose retry policy should retry it (Envoy's
+    /// `rate_limited_as_resource_exhausted` makes the same choice).
+    pub fn grpc_code(mut self, code: Code) -> Self {
+        self.grpc_code = code;
         self
     }
 
@@ -49,6 +71,7 @@ impl<P> Clone for HttpRateLimitLayer<P> {
         Self {
             policy: self.policy.clone(),
             headers: self.headers,
+            grpc_code: self.grpc_code,
         }
     }
 }
@@ -58,6 +81,7 @@ impl<P: fmt::Debug> fmt::Debug for HttpRateLimitLayer<P> {
         f.debug_struct("HttpRateLimitLayer")
             .field("policy", &self.policy)
             .field("headers", &self.headers)
+            .field("grpc_code", &self.grpc_code)
             .finish()
     }
 }
@@ -70,6 +94,7 @@ impl<S, P> Layer<S> for HttpRateLimitLayer<P> {
             inner,
             policy: self.policy.clone(),
             headers: self.headers,
+            grpc_code: self.grpc_code,
         }
     }
 }
@@ -79,6 +104,7 @@ pub struct HttpRateLimit<S, P> {
     inner: S,
     policy: Arc<P>,
     headers: Headers,
+    grpc_code: Code,
 }
 
 impl<S, P> HttpRateLimit<S, P> {
@@ -104,6 +130,7 @@ impl<S: Clone, P> Clone for HttpRateLimit<S, P> {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
             headers: self.headers,
+            grpc_code: self.grpc_code,
         }
     }
 }
@@ -135,10 +162,13 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (verdict, _taken) = self.policy.check(&req);
         let headers = self.headers;
+        // Only a refusal looks at the content type: admitted requests pay
+        // nothing for gRPC support.
+        let grpc_code = || grpc::is_grpc(req.headers()).then_some(self.grpc_code);
         if let Some(missing) = verdict.missing_key {
             return ResponseFuture {
                 kind: Kind::MissingKey {
-                    missing: Some(missing),
+                    missing: Some((missing, grpc_code().is_some())),
                 },
             };
         }
@@ -147,7 +177,7 @@ where
             // than a response, and the future is moved around by callers.
             return ResponseFuture {
                 kind: Kind::Limited {
-                    limited: Some((limited, headers)),
+                    limited: Some((limited, headers, grpc_code())),
                 },
             };
         }
@@ -174,8 +204,10 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Called { #[pin] future: F, report: Option<(Report, Headers)> },
-        Limited { limited: Option<(RateLimited, Headers)> },
-        MissingKey { missing: Option<MissingKey> },
+        // The gRPC status to answer with, for a gRPC request.
+        Limited { limited: Option<(RateLimited, Headers, Option<Code>)> },
+        // Whether the request is gRPC.
+        MissingKey { missing: Option<(MissingKey, bool)> },
     }
 }
 
@@ -196,16 +228,23 @@ where
                 Poll::Ready(Ok(response))
             }
             KindProj::Limited { limited } => {
-                let (limited, headers) = limited
+                let (limited, headers, grpc) = limited
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(too_many_requests(&limited, &headers)))
+                Poll::Ready(Ok(match grpc {
+                    Some(code) => grpc_rate_limited(&limited, &headers, code),
+                    None => too_many_requests(&limited, &headers),
+                }))
             }
             KindProj::MissingKey { missing } => {
-                let missing = missing
+                let (missing, grpc) = missing
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(missing_key_response(&missing)))
+                Poll::Ready(Ok(if grpc {
+                    grpc_missing_key(&missing)
+                } else {
+                    missing_key_response(&missing)
+                }))
             }
         }
     }
