@@ -99,8 +99,39 @@ pub struct ServerConfig {
     pub shutdown_timeout: ConfigDuration,
     /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
     pub http2: bool,
-    /// Close a client connection whose request head has not arrived in time.
+    /// Close a client connection whose request head has not arrived in time
+    /// (hyper's HTTP/1 timer: from the first byte of a request head to its
+    /// end; the wait for that first byte is `first_bytes_timeout`).
     pub header_read_timeout: ConfigDuration,
+    /// Close a new connection that has not sent its first byte in time. It
+    /// covers the HTTP/1-or-HTTP/2 detection read, which has no timer of its
+    /// own (nginx `client_header_timeout`, Envoy `request_headers_timeout`).
+    pub first_bytes_timeout: ConfigDuration,
+    /// Close a connection, gracefully, once no byte has moved either way for
+    /// this long: an idle HTTP/1 keep-alive connection or an idle HTTP/2
+    /// connection (nginx `keepalive_timeout`, Envoy `idle_timeout`).
+    pub idle_timeout: ConfigDuration,
+    /// Most client connections open at once. At the cap the gateway stops
+    /// accepting (new connections wait in the kernel's backlog) and resumes
+    /// as soon as one closes.
+    pub max_connections: usize,
+    /// Most requests in the stack at once (every connection together).
+    /// Above it a request is answered `503` with `Retry-After: 1` at once
+    /// (load shedding); the built-in routes are never shed.
+    pub max_in_flight: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive: ping an idle-looking connection this often...
+    pub http2_keep_alive_interval: ConfigDuration,
+    /// ...and close it when the ping is not answered within this.
+    pub http2_keep_alive_timeout: ConfigDuration,
+    /// Largest request body in bytes. A larger `Content-Length` is answered
+    /// `413` before any of the body is read; a chunked body is cut with
+    /// `413` once it grows past the cap.
+    pub max_request_body: u64,
+    /// Longest pause between two pieces of a request body; a client that
+    /// stops uploading for longer gets `408` (nginx `client_body_timeout`).
+    pub body_timeout: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +142,15 @@ impl Default for ServerConfig {
             shutdown_timeout: ConfigDuration::from_secs(30),
             http2: true,
             header_read_timeout: ConfigDuration::from_secs(30),
+            first_bytes_timeout: ConfigDuration::from_secs(30),
+            idle_timeout: ConfigDuration::from_secs(60),
+            max_connections: 10_000,
+            max_in_flight: 10_000,
+            http2_max_concurrent_streams: 128,
+            http2_keep_alive_interval: ConfigDuration::from_secs(20),
+            http2_keep_alive_timeout: ConfigDuration::from_secs(20),
+            max_request_body: 16 * 1024 * 1024,
+            body_timeout: ConfigDuration::from_secs(60),
         }
     }
 }
@@ -122,15 +162,24 @@ pub struct UpstreamConfig {
     /// Upstream base URLs (`http://host:port`), used round robin. Empty =
     /// start the embedded demo upstream.
     pub urls: Vec<String>,
-    /// Time allowed from forwarding a request to the upstream's response
-    /// head; slower answers become 504.
+    /// Time allowed for the upstream to answer: from the moment the request
+    /// (its body included) has been handed to the upstream connection to the
+    /// upstream's response head; slower answers become 504. The client's
+    /// upload time is bounded by `server.body_timeout` instead.
     pub timeout: ConfigDuration,
     /// Time allowed to open a TCP connection to an upstream.
     pub connect_timeout: ConfigDuration,
-    /// How long an idle pooled upstream connection is kept.
+    /// How long an idle pooled upstream connection is kept, checked when a
+    /// connection is taken as well as when one is returned. Below the
+    /// keep-alive timeouts upstreams commonly use (Node's 5 s, nginx's 60 to
+    /// 75 s), so the gateway drops a connection before the upstream does.
     pub pool_idle_timeout: ConfigDuration,
-    /// Most idle connections kept per upstream.
+    /// Most idle connections kept per upstream (0: no reuse).
     pub pool_max_idle: usize,
+    /// The upstream URLs of `urls`, parsed by [`Config::validate`]; the
+    /// demo upstream's is added at start when `urls` is empty.
+    #[serde(skip)]
+    pub uris: Vec<Uri>,
 }
 
 impl Default for UpstreamConfig {
@@ -139,8 +188,9 @@ impl Default for UpstreamConfig {
             urls: Vec::new(),
             timeout: ConfigDuration::from_secs(30),
             connect_timeout: ConfigDuration::from_secs(5),
-            pool_idle_timeout: ConfigDuration::from_secs(90),
+            pool_idle_timeout: ConfigDuration::from_secs(4),
             pool_max_idle: 1024,
+            uris: Vec::new(),
         }
     }
 }
@@ -296,6 +346,24 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Reads, parses and validates a TOML file in one pass: the result is a
+    /// configuration every part of the gateway can be built from without a
+    /// configuration error (what a reload needs). Errors name the key.
+    #[allow(dead_code)] // The entry point of a reload (SIGHUP); start-up goes through `Cli::load`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::from_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text, like [`Config::load`].
+    #[allow(dead_code)] // The pure variant, for tests and a reload.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let mut config = Self::from_toml(text, Path::new("<string>"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Reads and parses a TOML file (no validation; see [`Config::validate`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -320,33 +388,15 @@ impl Config {
         })
     }
 
-    /// Checks values the types cannot express; errors name the key.
-    pub fn validate(&self) -> Result<Vec<Uri>, ConfigError> {
+    /// The one validation pass: checks every value the types cannot express,
+    /// every section included (`[ratelimit]`, `[breaker]`, `[batch]`, ...),
+    /// and fills in the parsed upstream URIs (`upstream.uris`). Errors name
+    /// the key. The builders run on a validated configuration afterwards
+    /// cannot fail on configuration grounds.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
         let mut upstreams = Vec::with_capacity(self.upstream.urls.len());
         for (i, url) in self.upstream.urls.iter().enumerate() {
-            let key = format!("upstream.urls[{i}]");
-            let uri: Uri = url
-                .parse()
-                .map_err(|e| ConfigError::key(&key, format!("{url:?}: {e}")))?;
-            if uri.scheme_str() != Some("http") {
-                return Err(ConfigError::key(
-                    &key,
-                    format!("{url:?}: only http:// upstreams are supported"),
-                ));
-            }
-            if uri.authority().is_none() {
-                return Err(ConfigError::key(&key, format!("{url:?}: missing host")));
-            }
-            if !matches!(
-                uri.path_and_query().map(|p| p.as_str()),
-                None | Some("/") | Some("")
-            ) {
-                return Err(ConfigError::key(
-                    &key,
-                    format!("{url:?}: must not have a path or query"),
-                ));
-            }
-            upstreams.push(uri);
+            upstreams.push(parse_upstream(&format!("upstream.urls[{i}]"), url)?);
         }
         if !(0.0..=1.0).contains(&self.demo.error_rate) {
             return Err(ConfigError::key(
@@ -354,20 +404,104 @@ impl Config {
                 format!("{} is not within 0.0..=1.0", self.demo.error_rate),
             ));
         }
-        if self.upstream.timeout.get().is_zero() {
+        let s = &self.server;
+        // A zero here would close every connection (or fail every request)
+        // at once: never what an operator meant.
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.first_bytes_timeout", s.first_bytes_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            ("server.http2_keep_alive_interval", s.http2_keep_alive_interval),
+            ("server.http2_keep_alive_timeout", s.http2_keep_alive_timeout),
+            ("server.body_timeout", s.body_timeout),
+            ("upstream.timeout", self.upstream.timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.pool_idle_timeout", self.upstream.pool_idle_timeout),
+            ("shutdown.flush_deadline", self.shutdown.flush_deadline),
+        ] {
+            positive(key, d)?;
+        }
+        if s.workers > MAX_WORKERS {
             return Err(ConfigError::key(
-                "upstream.timeout",
-                "must be greater than 0",
+                "server.workers",
+                format!("{} is more than {MAX_WORKERS} threads", s.workers),
             ));
         }
-        if self.upstream.connect_timeout.get().is_zero() {
+        at_least_one("server.max_connections", s.max_connections as u64)?;
+        at_least_one("server.max_in_flight", s.max_in_flight as u64)?;
+        at_least_one(
+            "server.http2_max_concurrent_streams",
+            u64::from(s.http2_max_concurrent_streams),
+        )?;
+        at_least_one("server.max_request_body", s.max_request_body)?;
+        // tokio's semaphore (the in-flight cap) holds at most this many.
+        if s.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::key("server.max_in_flight", "is too large"));
+        }
+        if self.upstream.pool_max_idle > MAX_POOL_IDLE {
             return Err(ConfigError::key(
-                "upstream.connect_timeout",
-                "must be greater than 0",
+                "upstream.pool_max_idle",
+                format!("must be at most {MAX_POOL_IDLE}"),
             ));
         }
-        Ok(upstreams)
+        // The pattern sections, with the same checks their builders make.
+        let upstream_count = upstreams.len().max(1);
+        crate::ratelimit::validate(&self.ratelimit)?;
+        crate::breaker::validate(&self.breaker)?;
+        crate::batch::layer(&self.batch)?;
+        crate::scatter::check(&self.scatter, upstream_count)?;
+        crate::hedge::settings(&self.hedge)?;
+        crate::cpu::validate(&self.cpu)?;
+        crate::access_log::validate(&self.access_log)?;
+        self.upstream.uris = upstreams;
+        Ok(())
     }
+}
+
+/// Most runtime worker threads `server.workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
+/// Most idle connections `upstream.pool_max_idle` may keep per upstream.
+const MAX_POOL_IDLE: usize = 1 << 20;
+
+fn positive(key: &str, d: ConfigDuration) -> Result<(), ConfigError> {
+    if d.get().is_zero() {
+        return Err(ConfigError::key(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn at_least_one(key: &str, n: u64) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::key(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// An `http://host[:port]` upstream base URL.
+fn parse_upstream(key: &str, url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ConfigError::key(key, format!("{url:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ConfigError::key(
+            key,
+            format!("{url:?}: only http:// upstreams are supported"),
+        ));
+    }
+    if uri.authority().is_none() {
+        return Err(ConfigError::key(key, format!("{url:?}: missing host")));
+    }
+    if !matches!(
+        uri.path_and_query().map(|p| p.as_str()),
+        None | Some("/") | Some("")
+    ) {
+        return Err(ConfigError::key(
+            key,
+            format!("{url:?}: must not have a path or query"),
+        ));
+    }
+    Ok(uri)
 }
 
 /// Finds the 1-based line of `offset` and the dotted key defined there
@@ -447,12 +581,21 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Loads `--config` (if any), applies the flags over it and validates.
-    pub fn load(&self) -> Result<(Config, Vec<Uri>), ConfigError> {
+    /// Loads `--config` (if any), applies the flags over it and validates
+    /// the result in one pass ([`Config::validate`]).
+    pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        self.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the flags over `config` (a file just read, or re-read on a
+    /// reload); validate afterwards.
+    pub fn apply(&self, config: &mut Config) {
         if let Some(listen) = self.listen {
             config.server.listen = listen;
         }
@@ -476,7 +619,5 @@ impl Cli {
         if self.no_access_log {
             config.log.access_log = false;
         }
-        let upstreams = config.validate()?;
-        Ok((config, upstreams))
     }
 }

@@ -28,12 +28,15 @@ mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
+mod request_body;
 mod routes;
 mod scatter;
+mod shed;
 mod shutdown;
 mod stack;
 mod telemetry;
 mod upstream;
+mod upstream_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,10 +45,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use http::Uri;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use palisade_shutdown::server::Server;
+use palisade_shutdown::server::{ConnectionLimits, Server};
 use palisade_shutdown::{Drain, Shutdown};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,7 +62,7 @@ use crate::upstream::Faults;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Configuration is complete and valid before anything is bound.
-    let (config, upstreams) = match cli.load() {
+    let config = match cli.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
         if cli.demo_upstream_only {
             run_demo_upstream_only(&config).await.map(|()| 0)
         } else {
-            run(config, upstreams).await
+            run(config).await
         }
     });
     // Tasks still running (the demo upstream, connections cut at the
@@ -121,7 +123,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves until a signal, then runs the coordinated shutdown (see
 /// `shutdown.rs`); returns the exit code its outcome calls for.
-async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
+async fn run(config: Config) -> Result<u8, BoxError> {
+    let mut upstreams = config.upstream.uris.clone();
     // Installed first: a signal arriving right after the listening line must
     // drain the gateway, not kill it. A second signal forces the shutdown.
     let coordinator = Shutdown::new();
@@ -132,9 +135,9 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let background = coordinator.scope().child("background");
     let backends = coordinator.scope().child("backends");
 
-    // The layers that validate their own configuration are built before
-    // anything is bound (after the recorder, so their metrics register):
-    // a bad `[ratelimit]` or `[breaker]` value exits 2 with no port taken.
+    // `Config::validate` has checked every section, so these builders cannot
+    // fail on configuration grounds; they run after the recorder, so their
+    // metrics register, and before anything is bound.
     // Without configured upstreams there is one: the demo upstream below.
     let ratelimit = ratelimit::layer(&config.ratelimit)?;
     let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
@@ -193,6 +196,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes)
             .with_access_log(access_log.as_ref().map(|a| a.sink.clone())),
+        in_flight: shed::InFlightLimitLayer::new(config.server.max_in_flight),
         routes: BuiltinRoutesLayer::new(RoutesState {
             routes,
             readiness: readiness.clone(),
@@ -217,27 +221,15 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout.get())
-        // One flat write buffer per response instead of a writev of head +
-        // body chunks: fewer instructions per small response (hyper's queue
-        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    if !config.server.http2 {
-        builder = builder.http1_only();
-    }
-
+    let builder = connection_builder(config);
     // Accepts HTTP/1 and HTTP/2, each connection on its own task, until the
     // shutdown's stop-accepting phase; its drain phase closes them.
     let server = Server::from_fn(listener, move |peer| {
         request_metrics.connection_accepted();
         ConnectionService::new(stack.clone(), peer)
     })
-    .with_builder(builder);
+    .with_builder(builder)
+    .with_limits(connection_limits(config));
     let connections = server.handle();
     shutdown::register(
         &coordinator,
@@ -257,6 +249,39 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
 
     let outcome = coordinator.run().await;
     Ok(shutdown::finish(&outcome))
+}
+
+/// hyper's per-connection settings from `[server]`.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let server = &config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout.get())
+        // One flat write buffer per response instead of a writev of head +
+        // body chunks: fewer instructions per small response (hyper's queue
+        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
+        .writev(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .keep_alive_interval(server.http2_keep_alive_interval.get())
+        .keep_alive_timeout(server.http2_keep_alive_timeout.get());
+    if !server.http2 {
+        builder = builder.http1_only();
+    }
+    builder
+}
+
+/// The connection bounds from `[server]` (palisade-shutdown's `Server`).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let server = &config.server;
+    ConnectionLimits::new()
+        .max_connections(server.max_connections)
+        .first_bytes_timeout(server.first_bytes_timeout.get())
+        .idle_timeout(server.idle_timeout.get())
 }
 
 /// `--demo-upstream-only`: the demo upstream alone on `server.listen`.

@@ -22,6 +22,7 @@ use tower::{BoxError, Layer, Service};
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::request_body::{ClientBodyError, RequestBody};
 use crate::pool::{HostPool, Lease};
 use crate::telemetry::UpstreamMetrics;
 use hyper::client::conn::http1::SendRequest;
@@ -246,7 +247,7 @@ impl UpstreamErrorKind {
             match p {
                 ProxyError::Connect(_) => Some(Self::Connect),
                 ProxyError::Upstream(_) => Some(Self::Protocol),
-                ProxyError::NoUpstream => None,
+                ProxyError::Client(_) | ProxyError::NoUpstream => None,
             }
         } else {
             None
@@ -280,6 +281,9 @@ pub enum ProxyError {
     Connect(std::io::Error),
     /// The upstream connection failed after connecting.
     Upstream(hyper::Error),
+    /// The client's request body failed (too large, stalled, aborted): the
+    /// client's fault, never counted against the upstream.
+    Client(ClientBodyError),
     /// No [`Upstream`] extension: `ChooseUpstream` is missing from the stack.
     NoUpstream,
 }
@@ -289,6 +293,7 @@ impl fmt::Display for ProxyError {
         match self {
             Self::Connect(_) => f.write_str("upstream connect failed"),
             Self::Upstream(_) => f.write_str("upstream request failed"),
+            Self::Client(_) => f.write_str("client request body failed"),
             Self::NoUpstream => f.write_str("no upstream chosen for the request"),
         }
     }
@@ -299,6 +304,7 @@ impl std::error::Error for ProxyError {
         match self {
             Self::Connect(e) => Some(e),
             Self::Upstream(e) => Some(e),
+            Self::Client(e) => Some(e),
             Self::NoUpstream => None,
         }
     }
@@ -333,7 +339,7 @@ impl Proxy {
     }
 
     /// The forwarding elements for the request's peer, if it has one.
-    fn client_info(&mut self, req: &Request<Incoming>) -> Option<ClientInfo> {
+    fn client_info(&mut self, req: &Request<RequestBody>) -> Option<ClientInfo> {
         let ip = req.extensions().get::<SocketAddr>()?.ip();
         match &self.client {
             Some(info) if info.ip == ip => Some(info.clone()),
@@ -342,7 +348,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<RequestBody>> for Proxy {
     type Response = Response<Body>;
     type Error = ProxyError;
     type Future = ProxyFuture;
@@ -352,7 +358,7 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         let upstream = req.extensions_mut().remove::<Upstream>();
         let Some((upstream, pool)) = upstream.and_then(|u| {
             let pool = self.pools.get(u.index)?.clone();
@@ -378,7 +384,7 @@ impl Service<Request<Incoming>> for Proxy {
                         Ok(res) => return Ok(finish(res, sender, pool, upstream)),
                         Err(mut e) => match e.take_message() {
                             Some(req) => req,
-                            None => return Err(ProxyError::Upstream(e.into_error())),
+                            None => return Err(upstream_error(e.into_error())),
                         },
                     };
                     // Never written: the pooled connection closed under us.
@@ -396,21 +402,27 @@ impl Service<Request<Incoming>> for Proxy {
 async fn send_fresh(
     pool: Arc<HostPool>,
     upstream: Upstream,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ProxyError> {
     let mut sender = pool.connect().await?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(ProxyError::Upstream)?;
+    let res = sender.send_request(req).await.map_err(upstream_error)?;
     Ok(finish(res, sender, pool, upstream))
+}
+
+/// A failed exchange is the client's when its request body failed (hyper
+/// reports that as its own error with ours as the source).
+fn upstream_error(e: hyper::Error) -> ProxyError {
+    match ClientBodyError::find(&e) {
+        Some(client) => ProxyError::Client(client),
+        None => ProxyError::Upstream(e),
+    }
 }
 
 /// The client-bound response: hop-by-hop fields removed, the upstream
 /// recorded, the connection leased to the body.
 fn finish(
     res: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Arc<HostPool>,
     upstream: Upstream,
 ) -> Response<Body> {
@@ -425,7 +437,7 @@ fn finish(
 }
 
 /// Rewrites the request in place for `upstream`.
-fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream, client: Option<ClientInfo>) {
+fn prepare_request(req: &mut Request<RequestBody>, upstream: &Upstream, client: Option<ClientInfo>) {
     // The upstream keeps seeing the name the client used. An h2 client sends
     // no Host header, only the URI authority; keep that as Host, as an h1
     // client would have sent it.
