@@ -184,6 +184,19 @@ fn settings(config: &BreakerConfig) -> Result<BreakerSettings, ConfigError> {
         .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))
 }
 
+/// The breakers of `layer`, one per upstream in index order (for the
+/// breaker-aware choice, `balance.rs`).
+pub fn breakers(layer: &BreakerLayer, upstreams: usize) -> Vec<palisade::breaker::Breaker> {
+    (0..upstreams)
+        .map(|i| layer.breakers().get(&i))
+        .collect()
+}
+
+/// The proxied path's classifier from `[breaker]` (validated).
+pub fn upstream_classifier(config: &BreakerConfig) -> Result<UpstreamClassifier, ConfigError> {
+    Ok(UpstreamClassifier(classifier(config)?))
+}
+
 /// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
 /// Errors name the `breaker.*` key (none for a validated configuration).
 pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {

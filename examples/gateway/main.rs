@@ -7,8 +7,12 @@
 //! cargo run --release --example gateway -- --config gateway.toml --log-format json
 //! ```
 //!
-//! Files: `config.rs` (flags + TOML), `stack.rs` (the layer stack, in
-//! order), `proxy.rs` (upstream choice and forwarding), `batch.rs`
+//! Files: `config.rs` (flags + TOML, one validation pass), `stack.rs` (the
+//! layer stack, in order), `shed.rs` (the in-flight cap), `balance.rs`
+//! (breaker-aware upstream choice), `upstream_timeout.rs` and
+//! `request_body.rs` (body cap, body stall, upstream timeout), `proxy.rs`
+//! (forwarding and its errors), `headers.rs` (header rewriting), `pool.rs`
+//! (upstream keep-alive pool), `batch.rs`
 //! (`[batch]`: item lookups coalesced), `routes.rs`
 //! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
@@ -19,11 +23,13 @@
 #![allow(unreachable_pub)]
 
 mod access_log;
+mod balance;
 mod batch;
 mod body;
 mod breaker;
 mod config;
 mod cpu;
+mod headers;
 mod hedge;
 mod pool;
 mod proxy;
@@ -140,7 +146,8 @@ async fn run(config: Config) -> Result<u8, BoxError> {
     // metrics register, and before anything is bound.
     // Without configured upstreams there is one: the demo upstream below.
     let ratelimit = ratelimit::layer(&config.ratelimit)?;
-    let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
+    let upstream_count = upstreams.len().max(1);
+    let breaker = breaker::layer(&config.breaker, upstream_count)?;
     let batch = batch::layer(&config.batch)?;
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
     scatter::check(&config.scatter, upstreams.len().max(1))?;
@@ -207,7 +214,8 @@ async fn run(config: Config) -> Result<u8, BoxError> {
         upstreams,
         drain: drain.clone(),
         ratelimit,
-        breaker,
+        breakers: breaker::breakers(&breaker, upstream_count),
+        classifier: breaker::upstream_classifier(&config.breaker)?,
         items,
         scatter: scatter::ScatterLayer::new(scatter),
         hedge,

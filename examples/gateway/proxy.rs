@@ -1,218 +1,27 @@
-//! Forwarding: choosing an upstream ([`ChooseUpstream`]) and sending the
-//! request to it over pooled keep-alive connections ([`Proxy`]).
-//!
-//! The choice is its own step so the per-upstream layers (a circuit breaker
-//! keyed by [`Upstream::index`]) can sit between the choice and the
-//! forwarding; see `stack.rs`.
+//! Forwarding ([`Proxy`]): sends the request to the upstream chosen by
+//! layer 6 (`balance.rs`) over pooled keep-alive connections (`pool.rs`),
+//! after the header rewriting of `headers.rs`; and the error taxonomy of
+//! forwarding ([`ProxyError`], [`UpstreamErrorKind`]).
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
-use tower::{BoxError, Layer, Service};
+use hyper::client::conn::http1::SendRequest;
+use tower::Service;
 
+pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
+pub use crate::headers::remove_hop_by_hop;
 use crate::body::Body;
 use crate::config::UpstreamConfig;
-use crate::request_body::{ClientBodyError, RequestBody};
+use crate::headers::{ClientInfo, prepare_request};
 use crate::pool::{HostPool, Lease};
-use crate::telemetry::UpstreamMetrics;
-use hyper::client::conn::http1::SendRequest;
-
-// === ClientInfo ===
-
-/// The forwarding elements for one client address, formatted once per
-/// client connection: each connection's copy of [`Proxy`] keeps the last
-/// one and reuses it while the peer address (the `SocketAddr` request
-/// extension, set per request by the connection) stays the same.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The client's IP address.
-    ip: IpAddr,
-    /// `X-Forwarded-For` element for this client.
-    x_forwarded_for: HeaderValue,
-    /// `Forwarded` element for this client.
-    forwarded: HeaderValue,
-}
-
-impl ClientInfo {
-    /// Info for a client at `ip`.
-    pub fn new(ip: IpAddr) -> Self {
-        let xff =
-            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        // RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
-        let fwd = match ip {
-            IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-        };
-        let forwarded =
-            HeaderValue::from_str(&fwd).expect("a Forwarded element is a valid header value");
-        Self {
-            ip,
-            x_forwarded_for: xff,
-            forwarded,
-        }
-    }
-}
-
-// === Upstream ===
-
-/// The upstream chosen for a request, set as a request extension by
-/// [`ChooseUpstream`]; [`Proxy`] moves it to the response extensions for the
-/// access log (only while the `gateway::access` target is enabled).
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Position in the configured upstream list; stable key for
-    /// per-upstream state (a circuit breaker per upstream).
-    pub index: usize,
-    /// `host:port` the request is sent to.
-    pub authority: Authority,
-}
-
-/// The configured upstreams, shared by every clone of [`ChooseUpstream`].
-#[derive(Debug)]
-pub struct Upstreams {
-    list: Vec<Upstream>,
-    next: AtomicUsize,
-}
-
-impl Upstreams {
-    /// Upstreams from validated base URIs (`http://host:port`).
-    pub fn new(uris: &[Uri]) -> Self {
-        let list = uris
-            .iter()
-            .enumerate()
-            .map(|(index, uri)| Upstream {
-                index,
-                authority: uri
-                    .authority()
-                    .cloned()
-                    .expect("validated upstream has an authority"),
-            })
-            .collect();
-        Self {
-            list,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The upstreams, in configuration order.
-    pub fn list(&self) -> &[Upstream] {
-        &self.list
-    }
-
-    fn pick(&self) -> &Upstream {
-        // Round robin; Relaxed is enough, the counter orders nothing else.
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.list[n % self.list.len()]
-    }
-}
-
-/// Layer that applies [`ChooseUpstream`].
-#[derive(Debug, Clone)]
-pub struct ChooseUpstreamLayer {
-    upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-}
-
-impl ChooseUpstreamLayer {
-    /// Round robin over `upstreams` (must not be empty).
-    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<UpstreamMetrics>) -> Self {
-        assert!(!upstreams.list.is_empty(), "at least one upstream");
-        Self { upstreams, metrics }
-    }
-}
-
-impl<S> Layer<S> for ChooseUpstreamLayer {
-    type Service = ChooseUpstream<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ChooseUpstream {
-            inner,
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Picks the upstream (round robin) and records it as the [`Upstream`]
-/// request extension; counts and logs upstream failures of the layers below.
-#[derive(Debug, Clone)]
-pub struct ChooseUpstream<S> {
-    inner: S,
-    upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-}
-
-impl<S, B> Service<Request<B>> for ChooseUpstream<S>
-where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ChooseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let upstream = self.upstreams.pick();
-        let index = upstream.index;
-        req.extensions_mut().insert(upstream.clone());
-        ChooseFuture {
-            inner: self.inner.call(req),
-            index,
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ChooseUpstream`].
-    #[derive(Debug)]
-    pub struct ChooseFuture<F> {
-        #[pin]
-        inner: F,
-        index: usize,
-        upstreams: Arc<Upstreams>,
-        metrics: Arc<UpstreamMetrics>,
-    }
-}
-
-impl<F, T, E> Future for ChooseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match ready!(this.inner.poll(cx)) {
-            Ok(res) => Poll::Ready(Ok(res)),
-            Err(e) => {
-                let e = e.into();
-                if let Some(kind) = UpstreamErrorKind::of(&*e) {
-                    this.metrics.record(*this.index, kind);
-                    let upstream = &this.upstreams.list[*this.index].authority;
-                    tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&*e), "upstream request failed");
-                }
-                Poll::Ready(Err(e))
-            }
-        }
-    }
-}
+use crate::request_body::{ClientBodyError, RequestBody};
 
 /// What went wrong talking to an upstream (the `kind` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,105 +243,6 @@ fn finish(
         parts.extensions.insert(upstream);
     }
     Response::from_parts(parts, Body::upstream(body, Lease::new(sender, pool)))
-}
-
-/// Rewrites the request in place for `upstream`.
-fn prepare_request(req: &mut Request<RequestBody>, upstream: &Upstream, client: Option<ClientInfo>) {
-    // The upstream keeps seeing the name the client used. An h2 client sends
-    // no Host header, only the URI authority; keep that as Host, as an h1
-    // client would have sent it.
-    if !req.headers().contains_key(header::HOST) {
-        let authority = req.uri().authority().unwrap_or(&upstream.authority);
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
-    // Origin form (`/path?query`) on the wire to the upstream.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-    }
-    // The upstream side always speaks HTTP/1.1, whatever the client spoke.
-    *req.version_mut() = Version::HTTP_11;
-
-    let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
-    if let Some(info) = client {
-        append_list(headers, X_FORWARDED_FOR, info.x_forwarded_for);
-        append_list(headers, header::FORWARDED, info.forwarded);
-    }
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Appends `element` to the comma-separated list `name`, joining existing
-/// field lines into one (some upstreams read only the first line).
-fn append_list(headers: &mut HeaderMap, name: HeaderName, element: HeaderValue) {
-    match headers.entry(name) {
-        header::Entry::Vacant(v) => {
-            v.insert(element);
-        }
-        header::Entry::Occupied(mut o) => {
-            let mut joined = Vec::with_capacity(64);
-            for v in o.iter() {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(element.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(v) => {
-                    o.insert(v);
-                }
-                // Unreachable in practice (joined valid values stay valid);
-                // fall back to a second field line.
-                Err(_) => o.append(element),
-            }
-        }
-    }
-}
-
-/// The hop-by-hop fields of RFC 9110 section 7.6.1 (plus `Proxy-Connection`,
-/// which old clients send): they describe one connection and must not be
-/// forwarded.
-const HOP_BY_HOP: [HeaderName; 5] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop fields, including every field named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: one pass over the (few) fields, comparing names, instead of
-    // a hashed lookup per hop-by-hop name; most messages carry none.
-    let any = headers
-        .keys()
-        .any(|k| k == header::CONNECTION || HOP_BY_HOP.contains(k));
-    if !any {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        // `remove` drops every `Connection` field line.
-        headers.remove(header::CONNECTION);
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// Response future of [`Proxy`]. Boxed: hyper's `send_request` future has

@@ -15,8 +15,8 @@
 //!  5a ScatterLayer       [scatter] route: every upstream at once, JSON
 //!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
 //!  5c HedgeLayer          [hedge]: idempotent requests hedged across upstreams
-//!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
-//!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
+//!  6 ChooseUpstreamLayer  round robin over the upstreams whose breaker admits
+//!                         the call (one breaker per upstream); 503 when none does
 //!  8 UpstreamTimeoutLayer body cap 413 + body stall 408; upstream.timeout 504
 //!  9 Proxy                forwards over pooled keep-alive connections
 //!    │
@@ -48,8 +48,10 @@
 //!   own cell before it joins a batch; the batcher then calls the upstream
 //!   through its own choice + breaker + timeout (`batch.rs`), so the breaker
 //!   sees one outcome per batch, the call the upstream really served.
-//! - The breaker sits between choice and forwarding, so each upstream has its
-//!   own breaker, and wraps the timeout so a timeout counts as a failure.
+//! - The breakers are part of the choice (`balance.rs`): an open breaker
+//!   takes its upstream out of the rotation instead of answering 503 for
+//!   its share of the traffic, and they wrap the timeout, so a timeout
+//!   counts as a failure.
 //! - The timeout is innermost so it measures the upstream alone, not time
 //!   spent queued in the layers above; and it starts only once the request
 //!   body is uploaded, so a slow client is the body timeout's 408 (its own
@@ -105,8 +107,10 @@ pub struct Shared {
     pub drain: palisade_shutdown::Drain,
     /// Layer 5, built (and so validated) before any port is bound.
     pub ratelimit: crate::ratelimit::RateLimitLayer,
-    /// Layer 7, built (and so validated) before any port is bound.
-    pub breaker: crate::breaker::BreakerLayer,
+    /// Layer 6's breakers, one per upstream (index order).
+    pub breakers: Vec<palisade::breaker::Breaker>,
+    /// How layer 6 classifies a call for its breaker.
+    pub classifier: crate::breaker::UpstreamClassifier,
     /// Layer 5a (a pass-through without `[scatter] path`).
     pub scatter: crate::scatter::ScatterLayer,
     /// Layer 5b's batcher, when `[batch]` is on.
@@ -143,11 +147,10 @@ pub fn build(
             shared.items.as_ref().map(|items| items.batch.clone()),
         ))
         .layer(shared.hedge.clone())
-        .layer(ChooseUpstreamLayer::new(
-            shared.upstreams.clone(),
-            shared.upstream_metrics.clone(),
-        ))
-        .layer(shared.breaker.clone())
+        .layer(
+            ChooseUpstreamLayer::new(shared.upstreams.clone(), shared.upstream_metrics.clone())
+                .with_breakers(shared.breakers.clone(), shared.classifier),
+        )
         .layer(UpstreamTimeoutLayer::new(config))
         .service(Proxy::new(&shared.upstreams, &config.upstream))
 }
