@@ -148,13 +148,7 @@ async fn excess_requests_are_shed_with_503_and_admitted_ones_succeed() {
             tokio::spawn(async move { get(&url).await })
         })
         .collect();
-    wait_for_metric(
-        &gw,
-        "gateway_requests_in_flight",
-        r#"route="proxy""#,
-        2.0,
-    )
-    .await;
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 2.0).await;
     for _ in 0..10 {
         let reply = tokio::time::timeout(BOUND, get(&gw.url("/")))
             .await

@@ -23,8 +23,8 @@ use palisade::breaker::http::HttpClassifier;
 use palisade::breaker::{
     Classify, Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Outcome,
 };
-use tower::BoxError;
 use serde::Deserialize;
+use tower::BoxError;
 
 use crate::config::{ConfigDuration, ConfigError};
 use crate::proxy::Upstream;
@@ -187,9 +187,7 @@ fn settings(config: &BreakerConfig) -> Result<BreakerSettings, ConfigError> {
 /// The breakers of `layer`, one per upstream in index order (for the
 /// breaker-aware choice, `balance.rs`).
 pub fn breakers(layer: &BreakerLayer, upstreams: usize) -> Vec<palisade::breaker::Breaker> {
-    (0..upstreams)
-        .map(|i| layer.breakers().get(&i))
-        .collect()
+    (0..upstreams).map(|i| layer.breakers().get(&i)).collect()
 }
 
 /// The proxied path's classifier from `[breaker]` (validated).

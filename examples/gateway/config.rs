@@ -411,12 +411,21 @@ impl Config {
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.first_bytes_timeout", s.first_bytes_timeout),
             ("server.idle_timeout", s.idle_timeout),
-            ("server.http2_keep_alive_interval", s.http2_keep_alive_interval),
-            ("server.http2_keep_alive_timeout", s.http2_keep_alive_timeout),
+            (
+                "server.http2_keep_alive_interval",
+                s.http2_keep_alive_interval,
+            ),
+            (
+                "server.http2_keep_alive_timeout",
+                s.http2_keep_alive_timeout,
+            ),
             ("server.body_timeout", s.body_timeout),
             ("upstream.timeout", self.upstream.timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.pool_idle_timeout", self.upstream.pool_idle_timeout),
+            (
+                "upstream.pool_idle_timeout",
+                self.upstream.pool_idle_timeout,
+            ),
             ("shutdown.flush_deadline", self.shutdown.flush_deadline),
         ] {
             positive(key, d)?;

@@ -48,8 +48,7 @@ impl ClientInfo {
 }
 
 /// Rewrites the request in place for `upstream`.
-pub fn prepare_request<B>(
-    req: &mut Request<B>, upstream: &Upstream, client: Option<ClientInfo>) {
+pub fn prepare_request<B>(req: &mut Request<B>, upstream: &Upstream, client: Option<ClientInfo>) {
     // The upstream keeps seeing the name the client used. An h2 client sends
     // no Host header, only the URI authority; keep that as Host, as an h1
     // client would have sent it.
@@ -146,4 +145,3 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
 }
-

@@ -16,9 +16,9 @@ use hyper::client::conn::http1::SendRequest;
 use tower::Service;
 
 pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
-pub use crate::headers::remove_hop_by_hop;
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+pub use crate::headers::remove_hop_by_hop;
 use crate::headers::{ClientInfo, prepare_request};
 use crate::pool::{HostPool, Lease};
 use crate::request_body::{ClientBodyError, RequestBody};

@@ -290,7 +290,10 @@ pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
         client_key(config, &limit.key)?;
         if let Some(url) = &config.redis_url {
             if config.redis_budget.get().is_zero() {
-                return Err(ConfigError::key("ratelimit.redis_budget", "must be greater than 0"));
+                return Err(ConfigError::key(
+                    "ratelimit.redis_budget",
+                    "must be greater than 0",
+                ));
             }
             // Redis keeps time in microseconds: a cell must be one at least.
             if quota.emission_interval() < std::time::Duration::from_micros(1) {
@@ -299,7 +302,10 @@ pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
                     "is too high for Redis (one request per microsecond at most)",
                 ));
             }
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
                 return Err(ConfigError::key(
                     "ratelimit.redis_url",
                     format!("{url:?}: expected redis://, rediss:// or unix://"),

@@ -85,8 +85,8 @@ use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams
 use crate::request_body::ClientBodyError;
 use crate::routes::BuiltinRoutesLayer;
 use crate::shed::{InFlightLimitLayer, Overloaded};
-use crate::upstream_timeout::UpstreamTimeoutLayer;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
+use crate::upstream_timeout::UpstreamTimeoutLayer;
 
 /// What the stack is built from, created once at start-up.
 #[derive(Debug)]
@@ -192,7 +192,9 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
             *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             res.headers_mut().insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(palisade_core::retry_after_secs(std::time::Duration::from_secs(1))),
+                HeaderValue::from(palisade_core::retry_after_secs(
+                    std::time::Duration::from_secs(1),
+                )),
             );
             res.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -378,7 +378,10 @@ async fn wait_below_cap(shared: &Shared, max: usize) -> bool {
         return true;
     }
     metrics::counter!(metric_names::ACCEPT_PAUSED).increment(1);
-    tracing::warn!(max_connections = max, "connection cap reached, accepting paused");
+    tracing::warn!(
+        max_connections = max,
+        "connection cap reached, accepting paused"
+    );
     while shared.open.load(Ordering::Acquire) >= max {
         tokio::select! {
             biased;
