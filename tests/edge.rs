@@ -402,3 +402,69 @@ fn edge_keys_are_validated_at_start_up() {
     assert_config_rejected("[cpu]\nthreads = 0\n", "cpu.threads");
     assert_config_rejected("[access_log]\nbatch = 0\n", "access_log.batch");
 }
+
+/// A port nothing listens on (bound, then released).
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_retried_on_another_upstream_within_the_budget() {
+    let healthy = Gateway::start(&["--demo-upstream-only", "--no-access-log"]);
+    let dead = format!("http://127.0.0.1:{}", refused_port());
+    let uh = format!("http://{}", healthy.addr);
+    // Budget: 3 retries per (long) window and no share of the traffic; the
+    // breaker stays closed (20 calls before the rate counts).
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &dead, "--upstream", &uh],
+        r#"
+[upstream]
+retry_budget_ratio = 0.0
+retry_budget_min = 3
+retry_budget_window = "1h"
+"#,
+    );
+    // Round robin: 5 of 10 requests are sent to the dead upstream first;
+    // 3 of those are retried on the healthy one, the other 2 are 502.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(&gw.url("/")).await.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let bad = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_GATEWAY)
+        .count();
+    assert_eq!((ok, bad), (8, 2), "{statuses:?}");
+    let m = scrape(&gw).await;
+    let retries = |outcome: &str| {
+        metric(
+            &m,
+            "gateway_upstream_retries_total",
+            &format!(r#"outcome="{outcome}""#),
+        )
+    };
+    assert_eq!(retries("retried"), 3.0);
+    assert_eq!(retries("budget_exhausted"), 2.0);
+    // Every refused connect counts against the dead upstream, retried or not.
+    assert_eq!(
+        metric_with(
+            &m,
+            "palisade_breaker_calls_total",
+            &[("breaker", "upstream/0"), ("outcome", "failure")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_with(
+            &m,
+            "gateway_upstream_errors_total",
+            &[("upstream", &dead["http://".len()..]), ("kind", "connect")]
+        ),
+        5.0
+    );
+}

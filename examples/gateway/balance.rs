@@ -87,6 +87,12 @@ impl Upstreams {
     fn next(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Requests chosen for so far (the rotation's counter; the retry budget
+    /// reads it).
+    pub fn requests(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
+    }
 }
 
 // === ChooseUpstreamLayer ===

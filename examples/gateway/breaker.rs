@@ -114,7 +114,32 @@ impl<B> Classify<http::Response<B>, BoxError> for UpstreamClassifier {
             Err(e) if crate::request_body::ClientBodyError::find(&**e).is_some() => {
                 Outcome::Ignored
             }
+            // Answered by another upstream after this one refused the
+            // connection (`failover.rs`): this one failed.
+            Ok(res)
+                if res
+                    .extensions()
+                    .get::<crate::failover::FailedOver>()
+                    .is_some() =>
+            {
+                Outcome::Failure
+            }
             _ => self.0.classify(result),
+        }
+    }
+}
+
+impl UpstreamClassifier {
+    /// The outcome of a call `Proxy` made itself (a failover retry).
+    pub fn classify_proxied<B>(
+        &self,
+        result: &Result<http::Response<B>, crate::proxy::ProxyError>,
+    ) -> Outcome {
+        match result {
+            Err(crate::proxy::ProxyError::Client(_)) => Outcome::Ignored,
+            Err(_) => Outcome::Failure,
+            Ok(res) if self.0.is_failure(res.status()) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
         }
     }
 }

@@ -176,6 +176,15 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: ConfigDuration,
     /// Most idle connections kept per upstream (0: no reuse).
     pub pool_max_idle: usize,
+    /// Retries on another upstream after a connect error (nothing was
+    /// sent, so any request may go elsewhere): this share of the requests
+    /// of the current window, 0.0..=1.0...
+    pub retry_budget_ratio: f64,
+    /// ...plus at least this many per window (0 and a ratio of 0 turn
+    /// retries off)...
+    pub retry_budget_min: u64,
+    /// ...per window of this length.
+    pub retry_budget_window: ConfigDuration,
     /// The upstream URLs of `urls`, parsed by [`Config::validate`]; the
     /// demo upstream's is added at start when `urls` is empty.
     #[serde(skip)]
@@ -190,6 +199,9 @@ impl Default for UpstreamConfig {
             connect_timeout: ConfigDuration::from_secs(5),
             pool_idle_timeout: ConfigDuration::from_secs(4),
             pool_max_idle: 1024,
+            retry_budget_ratio: 0.2,
+            retry_budget_min: 10,
+            retry_budget_window: ConfigDuration::from_secs(10),
             uris: Vec::new(),
         }
     }
@@ -446,6 +458,15 @@ impl Config {
         // tokio's semaphore (the in-flight cap) holds at most this many.
         if s.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::key("server.max_in_flight", "is too large"));
+        }
+        if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {
+            return Err(ConfigError::key(
+                "upstream.retry_budget_ratio",
+                format!(
+                    "{} is not within 0.0..=1.0",
+                    self.upstream.retry_budget_ratio
+                ),
+            ));
         }
         if self.upstream.pool_max_idle > MAX_POOL_IDLE {
             return Err(ConfigError::key(

@@ -29,6 +29,7 @@ mod body;
 mod breaker;
 mod config;
 mod cpu;
+mod failover;
 mod headers;
 mod hedge;
 mod pool;
@@ -189,6 +190,18 @@ async fn run(config: Config) -> Result<u8, BoxError> {
     // Validated above; now the upstream list is final.
     let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;
     let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
+    let breakers = breaker::breakers(&breaker, upstream_count);
+    let classifier = breaker::upstream_classifier(&config.breaker)?;
+    let proxy = proxy::Proxy::new(&upstreams, &config.upstream);
+    let failover = failover::Failover::new(
+        upstreams.clone(),
+        proxy.pools(),
+        breakers.clone(),
+        classifier,
+        upstream_metrics.clone(),
+        &config.upstream,
+    );
+    let proxy = proxy.with_failover(Arc::new(failover));
     let drain = Drain::new();
     let items = batch.map(|layer| {
         batch::start(
@@ -214,8 +227,9 @@ async fn run(config: Config) -> Result<u8, BoxError> {
         upstreams,
         drain: drain.clone(),
         ratelimit,
-        breakers: breaker::breakers(&breaker, upstream_count),
-        classifier: breaker::upstream_classifier(&config.breaker)?,
+        breakers,
+        classifier,
+        proxy,
         items,
         scatter: scatter::ScatterLayer::new(scatter),
         hedge,

@@ -18,6 +18,7 @@ use tower::Service;
 pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::failover::{FailedOver, Failover};
 pub use crate::headers::remove_hop_by_hop;
 use crate::headers::{ClientInfo, prepare_request};
 use crate::pool::{HostPool, Lease};
@@ -126,6 +127,8 @@ impl std::error::Error for ProxyError {
 pub struct Proxy {
     /// One pool per upstream, indexed by [`Upstream::index`].
     pools: Arc<[Arc<HostPool>]>,
+    /// Where a request goes when its upstream refuses the connection.
+    failover: Option<Arc<Failover>>,
     /// The forwarding elements of the last client seen. The stack is cloned
     /// per connection, so this is the connection's peer: formatted on its
     /// first request, reused by the rest (no per-request extension for it).
@@ -133,6 +136,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy's pools, one per upstream in index order (what a
+    /// [`Failover`] retries on).
+    pub fn pools(&self) -> Arc<[Arc<HostPool>]> {
+        self.pools.clone()
+    }
+
     /// A proxy with one keep-alive pool per upstream, configured from
     /// `[upstream]`.
     pub fn new(upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
@@ -143,8 +152,16 @@ impl Proxy {
             .collect();
         Self {
             pools,
+            failover: None,
             client: None,
         }
+    }
+
+    /// Retries a request on another upstream after a connect error
+    /// (`failover.rs`).
+    pub fn with_failover(mut self, failover: Arc<Failover>) -> Self {
+        self.failover = Some(failover);
+        self
     }
 
     /// The forwarding elements for the request's peer, if it has one.
@@ -179,6 +196,7 @@ impl Service<Request<RequestBody>> for Proxy {
         };
         let client = self.client_info(&req);
         prepare_request(&mut req, &upstream, client);
+        let failover = self.failover.clone();
         // The future is boxed (hyper's send future has no nameable type), so
         // keep it small: the common case, an idle connection ready now,
         // queues the request here and the future only awaits the response.
@@ -198,22 +216,52 @@ impl Service<Request<RequestBody>> for Proxy {
                     };
                     // Never written: the pooled connection closed under us.
                     // Retrying on a fresh one is safe.
-                    Box::pin(send_fresh(pool, upstream, retry)).await
+                    Box::pin(send_fresh(pool, upstream, retry, failover)).await
                 })
             }
-            None => Box::pin(send_fresh(pool, upstream, req)),
+            None => Box::pin(send_fresh(pool, upstream, req, failover)),
         };
         ProxyFuture { inner }
     }
 }
 
-/// Sends `req` on a new connection.
+/// Sends `req` on a new connection; when the upstream refuses it, on
+/// another upstream if `failover` finds one (nothing was sent yet).
 async fn send_fresh(
     pool: Arc<HostPool>,
     upstream: Upstream,
     req: Request<RequestBody>,
+    failover: Option<Arc<Failover>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender = pool.connect().await?;
+    let mut sender = match pool.connect().await {
+        Ok(sender) => sender,
+        Err(e @ ProxyError::Connect(_)) => {
+            let Some(alt) = failover.and_then(|f| f.alternative(upstream.index)) else {
+                return Err(e);
+            };
+            let failed = upstream.index;
+            let result = Box::pin(send_to(alt.pool, alt.upstream, req)).await;
+            alt.permit.record(alt.classifier.classify_proxied(&result));
+            let mut res = result?;
+            res.extensions_mut().insert(FailedOver(failed));
+            return Ok(res);
+        }
+        Err(e) => return Err(e),
+    };
+    let res = sender.send_request(req).await.map_err(upstream_error)?;
+    Ok(finish(res, sender, pool, upstream))
+}
+
+/// Sends `req` to `upstream`, on a pooled connection if one is ready.
+async fn send_to(
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut sender = match pool.try_checkout() {
+        Some(sender) => sender,
+        None => pool.connect().await?,
+    };
     let res = sender.send_request(req).await.map_err(upstream_error)?;
     Ok(finish(res, sender, pool, upstream))
 }

@@ -111,6 +111,8 @@ pub struct Shared {
     pub breakers: Vec<palisade::breaker::Breaker>,
     /// How layer 6 classifies a call for its breaker.
     pub classifier: crate::breaker::UpstreamClassifier,
+    /// Layer 9, with its pools and its failover to another upstream.
+    pub proxy: Proxy,
     /// Layer 5a (a pass-through without `[scatter] path`).
     pub scatter: crate::scatter::ScatterLayer,
     /// Layer 5b's batcher, when `[batch]` is on.
@@ -152,7 +154,7 @@ pub fn build(
                 .with_breakers(shared.breakers.clone(), shared.classifier),
         )
         .layer(UpstreamTimeoutLayer::new(config))
-        .service(Proxy::new(&shared.upstreams, &config.upstream))
+        .service(shared.proxy.clone())
 }
 
 // === errors → responses ===
