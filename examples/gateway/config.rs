@@ -11,16 +11,19 @@
 //! ```
 //!
 //! Durations are written with a unit (`"250ms"`, `"30s"`, `"2m"`) and parsed by
-//! [`ConfigDuration`], which the pattern sections reuse.
+//! [`ConfigDuration`] (`duration.rs`), which the pattern sections reuse. The
+//! command-line flags are in `cli.rs`.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+pub use crate::cli::Cli;
+pub use crate::duration::ConfigDuration;
 
 /// The whole gateway configuration. See `docs/gateway.md` for every key.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,90 +252,6 @@ pub struct DemoConfig {
     pub error_rate: f64,
     /// Latency added to every demo-upstream response.
     pub latency: ConfigDuration,
-}
-
-// === impl ConfigDuration ===
-
-/// A duration written with a unit: `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`,
-/// `"1h"`, `"500us"`, `"0"`. Deserializes from a TOML string and parses
-/// from a command-line flag (`FromStr`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct ConfigDuration(pub Duration);
-
-impl ConfigDuration {
-    /// Whole seconds.
-    pub const fn from_secs(secs: u64) -> Self {
-        Self(Duration::from_secs(secs))
-    }
-
-    /// Milliseconds.
-    pub const fn from_millis(ms: u64) -> Self {
-        Self(Duration::from_millis(ms))
-    }
-
-    /// The `std` duration.
-    pub const fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl From<ConfigDuration> for Duration {
-    fn from(d: ConfigDuration) -> Self {
-        d.0
-    }
-}
-
-impl fmt::Display for ConfigDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_nanos() == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-            write!(f, "{}ms", d.as_millis())
-        } else {
-            write!(f, "{}us", d.as_micros())
-        }
-    }
-}
-
-impl FromStr for ConfigDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_duration(s).map(Self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(de)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`, `"500us"` or `"0"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || {
-        format!("invalid duration {s:?}, expected a number with a unit like \"250ms\" or \"30s\"")
-    };
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(err)?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
-    let scale = match unit.trim() {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(err()),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
 }
 
 // === loading ===
@@ -569,85 +488,4 @@ fn locate_key(text: &str, offset: usize) -> (usize, Option<String>) {
         _ => None,
     };
     (line_no, key)
-}
-
-// === command line ===
-
-/// Command-line flags; each one overrides the matching key of `--config`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "gateway",
-    about = "palisade example reverse proxy: every palisade pattern wired into one hyper gateway"
-)]
-pub struct Cli {
-    /// TOML configuration file (see docs/gateway.md).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Listen address (`server.listen`), port 0 = ephemeral.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Upstream base URL, repeatable for round robin (`upstream.urls`).
-    #[arg(long = "upstream", value_name = "URL")]
-    pub upstreams: Vec<String>,
-    /// Upstream response-head timeout, e.g. 2s (`upstream.timeout`).
-    #[arg(long, value_name = "DURATION")]
-    pub upstream_timeout: Option<ConfigDuration>,
-    /// Log format (`log.format`).
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Drain deadline after SIGINT/SIGTERM (`shutdown.drain_deadline`,
-    /// `server.shutdown_timeout`).
-    #[arg(long, value_name = "DURATION")]
-    pub shutdown_timeout: Option<ConfigDuration>,
-    /// Runtime worker threads, 0 = available CPUs (`server.workers`).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Disable the per-request access log (`log.access_log = false`).
-    #[arg(long)]
-    pub no_access_log: bool,
-    /// Serve only the demo upstream on `--listen` (a benchmark upstream).
-    #[arg(long)]
-    pub demo_upstream_only: bool,
-}
-
-impl Cli {
-    /// Loads `--config` (if any), applies the flags over it and validates
-    /// the result in one pass ([`Config::validate`]).
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        self.apply(&mut config);
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Applies the flags over `config` (a file just read, or re-read on a
-    /// reload); validate afterwards.
-    pub fn apply(&self, config: &mut Config) {
-        if let Some(listen) = self.listen {
-            config.server.listen = listen;
-        }
-        if !self.upstreams.is_empty() {
-            config.upstream.urls = self.upstreams.clone();
-        }
-        if let Some(t) = self.upstream_timeout {
-            config.upstream.timeout = t;
-        }
-        if let Some(f) = self.log_format {
-            config.log.format = f;
-        }
-        if let Some(t) = self.shutdown_timeout {
-            config.server.shutdown_timeout = t;
-            // The flag wins over `shutdown.drain_deadline` from the file.
-            config.shutdown.drain_deadline = Some(t);
-        }
-        if let Some(w) = self.workers {
-            config.server.workers = w;
-        }
-        if self.no_access_log {
-            config.log.access_log = false;
-        }
-    }
 }
