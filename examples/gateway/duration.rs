@@ -88,4 +88,3 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(value * scale).map_err(|_| err())
 }
-
