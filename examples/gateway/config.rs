@@ -374,10 +374,6 @@ impl Config {
             u64::from(s.http2_max_concurrent_streams),
         )?;
         at_least_one("server.max_request_body", s.max_request_body)?;
-        // tokio's semaphore (the in-flight cap) holds at most this many.
-        if s.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::key("server.max_in_flight", "is too large"));
-        }
         if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {
             return Err(ConfigError::key(
                 "upstream.retry_budget_ratio",

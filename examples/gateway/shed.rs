@@ -19,8 +19,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, Layer, Service};
 
 /// Metric: requests shed by the in-flight cap.
@@ -38,27 +39,64 @@ impl fmt::Display for Overloaded {
 
 impl std::error::Error for Overloaded {}
 
+/// The shared slots: a counter, not a semaphore, because nobody waits for
+/// a slot (a full gateway sheds), so taking and returning one is one atomic
+/// each and never a waiter-list lock.
+///
+/// Invariant: `in_flight` counts the [`Slot`]s alive plus, transiently, a
+/// reservation attempt that is undone at once when it overshoots `max`; so
+/// at most `max` slots are ever held.
+#[derive(Debug)]
+struct Slots {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One request's slot, returned when dropped.
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Layer of [`InFlightLimit`]; clones share one set of slots.
 #[derive(Clone)]
 pub struct InFlightLimitLayer {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     shed: metrics::Counter,
 }
 
 impl fmt::Debug for InFlightLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlightLimitLayer")
-            .field("available", &self.slots.available_permits())
+            .field("in_flight", &self.slots.in_flight.load(Ordering::Relaxed))
+            .field("max", &self.slots.max)
             .finish()
     }
 }
 
 impl InFlightLimitLayer {
-    /// At most `max` requests in flight (validated: 1..=`Semaphore::MAX_PERMITS`).
+    /// At most `max` requests in flight (validated: at least 1).
     pub fn new(max: usize) -> Self {
         metrics::describe_counter!(SHED_TOTAL, "Requests shed by server.max_in_flight (503).");
         Self {
-            slots: Arc::new(Semaphore::new(max)),
+            slots: Arc::new(Slots {
+                in_flight: AtomicUsize::new(0),
+                max,
+            }),
             shed: metrics::counter!(SHED_TOTAL),
         }
     }
@@ -80,11 +118,11 @@ impl<S> Layer<S> for InFlightLimitLayer {
 /// See the module docs.
 pub struct InFlightLimit<S> {
     inner: S,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     shed: metrics::Counter,
     /// What `poll_ready` decided for the next `call`: a slot, or `None`
     /// inside `Some` when the request is to be shed.
-    reserved: Option<Option<OwnedSemaphorePermit>>,
+    reserved: Option<Option<Slot>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for InFlightLimit<S> {
@@ -119,7 +157,7 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.reserved.is_none() {
-            self.reserved = Some(self.slots.clone().try_acquire_owned().ok());
+            self.reserved = Some(self.slots.try_take());
         }
         if matches!(self.reserved, Some(None)) {
             // Shedding: ready at once, `call` answers 503 without the inner
@@ -135,9 +173,9 @@ where
             .take()
             .expect("InFlightLimit::call without poll_ready")
         {
-            Some(permit) => InFlightFuture::Admitted {
+            Some(slot) => InFlightFuture::Admitted {
                 inner: self.inner.call(req),
-                _permit: permit,
+                _slot: slot,
             },
             None => {
                 self.shed.increment(1);
@@ -153,7 +191,7 @@ pin_project! {
     #[project = InFlightProj]
     pub enum InFlightFuture<F> {
         /// Admitted.
-        Admitted { #[pin] inner: F, _permit: OwnedSemaphorePermit },
+        Admitted { #[pin] inner: F, _slot: Slot },
         /// Shed.
         Shed,
     }

@@ -83,22 +83,26 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let s = self.settings;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > s.max_body) {
-            // Answered before a byte of the body is read or forwarded (the
-            // client may be waiting on `Expect: 100-continue`).
-            return UpstreamTimeoutFuture::Rejected {
-                error: Some(ProxyError::Client(ClientBodyError::TooLarge)),
-            };
-        }
         let (parts, body) = req.into_parts();
-        // Most requests carry no body: their timer starts now, with no
-        // shared upload state to allocate.
-        let upload = (!body.is_end_stream()).then(|| Arc::new(Upload::default()));
+        // Most requests carry no body: no length to check, and their timer
+        // starts now, with no shared upload state to allocate.
+        let upload = if body.is_end_stream() {
+            None
+        } else {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > s.max_body) {
+                // Answered before a byte of the body is read or forwarded
+                // (the client may be waiting on `Expect: 100-continue`).
+                return UpstreamTimeoutFuture::Rejected {
+                    error: Some(ProxyError::Client(ClientBodyError::TooLarge)),
+                };
+            }
+            Some(Arc::new(Upload::default()))
+        };
         let body = RequestBody::new(body, s.max_body, s.body_timeout, upload.clone());
         UpstreamTimeoutFuture::Waiting {
             inner: self.inner.call(Request::from_parts(parts, body)),
