@@ -443,7 +443,11 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
 
 #[tokio::test]
 async fn a_100_mib_upload_streams_without_buffering() {
-    let gw = Gateway::start(&["--no-access-log"]);
+    // Above the default body cap (16 MiB): raised for this upload.
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        "[server]\nmax_request_body = 1073741824\n",
+    );
     // Warm up: connections, pools and allocator arenas exist before the
     // baseline is taken.
     request("POST", &gw.url("/echo"), vec![7u8; 1 << 20]).await;

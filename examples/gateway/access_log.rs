@@ -134,15 +134,21 @@ pub struct AccessLog {
     flush_tx: mpsc::Sender<Entry>,
 }
 
+/// Checks `[access_log]` (part of `Config::validate`).
+pub fn validate(config: &AccessLogConfig) -> Result<(), ConfigError> {
+    if config.buffer == 0 {
+        return Err(ConfigError::key("access_log.buffer", "must be at least 1"));
+    }
+    if config.batch == 0 {
+        return Err(ConfigError::key("access_log.batch", "must be at least 1"));
+    }
+    Ok(())
+}
+
 /// Checks `[access_log]` and, when `pipeline = true`, starts the pipeline
 /// (call inside the runtime, after the metrics recorder is installed).
 pub fn start(config: &AccessLogConfig) -> Result<Option<AccessLog>, BoxError> {
-    if config.buffer == 0 {
-        return Err(ConfigError::key("access_log.buffer", "must be at least 1").into());
-    }
-    if config.batch == 0 {
-        return Err(ConfigError::key("access_log.batch", "must be at least 1").into());
-    }
+    validate(config)?;
     if !config.pipeline {
         return Ok(None);
     }

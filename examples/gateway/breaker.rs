@@ -8,14 +8,23 @@
 //! Breakers are named `upstream/<index>` in `/metrics`
 //! (`palisade_breaker_state{breaker="upstream/0"}`: 0 closed, 1 open,
 //! 2 half-open) and in the logs.
+//!
+//! What counts: a 5xx answer (or `failure_statuses`), a timeout, a
+//! connection error. What does not: an error that began in the client's
+//! request body (too large, stalled, aborted; see `request_body.rs`), which
+//! is `Ignored` ([`UpstreamClassifier`]) so slow or aborting clients cannot
+//! open a breaker for everyone.
 
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use palisade::breaker::http::HttpClassifier;
-use palisade::breaker::{Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer};
+use palisade::breaker::{
+    Classify, Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Outcome,
+};
 use serde::Deserialize;
+use tower::BoxError;
 
 use crate::config::{ConfigDuration, ConfigError};
 use crate::proxy::Upstream;
@@ -92,7 +101,48 @@ fn upstream_index<B>(req: &Request<B>) -> usize {
 
 /// The layer: one breaker per upstream.
 pub type BreakerLayer =
-    KeyedCircuitBreakerLayer<usize, fn(&Request<Incoming>) -> usize, HttpClassifier>;
+    KeyedCircuitBreakerLayer<usize, fn(&Request<Incoming>) -> usize, UpstreamClassifier>;
+
+/// The proxied requests' classifier: [`HttpClassifier`] for answers and
+/// upstream errors, `Ignored` for errors of the client's own body.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamClassifier(HttpClassifier);
+
+impl<B> Classify<http::Response<B>, BoxError> for UpstreamClassifier {
+    fn classify(&self, result: &Result<http::Response<B>, BoxError>) -> Outcome {
+        match result {
+            Err(e) if crate::request_body::ClientBodyError::find(&**e).is_some() => {
+                Outcome::Ignored
+            }
+            // Answered by another upstream after this one refused the
+            // connection (`failover.rs`): this one failed.
+            Ok(res)
+                if res
+                    .extensions()
+                    .get::<crate::failover::FailedOver>()
+                    .is_some() =>
+            {
+                Outcome::Failure
+            }
+            _ => self.0.classify(result),
+        }
+    }
+}
+
+impl UpstreamClassifier {
+    /// The outcome of a call `Proxy` made itself (a failover retry).
+    pub fn classify_proxied<B>(
+        &self,
+        result: &Result<http::Response<B>, crate::proxy::ProxyError>,
+    ) -> Outcome {
+        match result {
+            Err(crate::proxy::ProxyError::Client(_)) => Outcome::Ignored,
+            Err(_) => Outcome::Failure,
+            Ok(res) if self.0.is_failure(res.status()) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+        }
+    }
+}
 
 /// The same breakers around the `[batch]` upstream calls (their requests
 /// carry no client body), so a batch's outcome counts for its upstream.
@@ -114,15 +164,26 @@ pub fn for_batches(
     )
 }
 
-/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
-/// Errors name the `breaker.*` key.
-pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
-    let key = |field: &str| match field {
+/// The gateway's key for a field palisade-breaker names.
+fn key(field: &str) -> String {
+    match field {
         "sliding_window.size" => "breaker.window_size".to_owned(),
         "sliding_window.duration" => "breaker.window_duration".to_owned(),
         "sliding_window.buckets" => "breaker.window_buckets".to_owned(),
         other => format!("breaker.{other}"),
-    };
+    }
+}
+
+/// Checks `[breaker]` (part of `Config::validate`): the settings and the
+/// classifier [`layer`] builds, without creating a breaker.
+pub fn validate(config: &BreakerConfig) -> Result<(), ConfigError> {
+    settings(config)?;
+    classifier(config)?;
+    Ok(())
+}
+
+/// palisade-breaker's settings from `[breaker]`.
+fn settings(config: &BreakerConfig) -> Result<BreakerSettings, ConfigError> {
     let mut b = BreakerSettings::builder()
         .name("upstream")
         .failure_rate_threshold(config.failure_rate_threshold)
@@ -144,11 +205,26 @@ pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, C
     if let Some(d) = config.slow_call_duration {
         b = b.slow_call_duration(d.get());
     }
-    let settings = b
-        .build()
-        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
+    b.build()
+        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))
+}
 
-    let classifier = classifier(config)?;
+/// The breakers of `layer`, one per upstream in index order (for the
+/// breaker-aware choice, `balance.rs`).
+pub fn breakers(layer: &BreakerLayer, upstreams: usize) -> Vec<palisade::breaker::Breaker> {
+    (0..upstreams).map(|i| layer.breakers().get(&i)).collect()
+}
+
+/// The proxied path's classifier from `[breaker]` (validated).
+pub fn upstream_classifier(config: &BreakerConfig) -> Result<UpstreamClassifier, ConfigError> {
+    Ok(UpstreamClassifier(classifier(config)?))
+}
+
+/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
+/// Errors name the `breaker.*` key (none for a validated configuration).
+pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
+    let settings = settings(config)?;
+    let classifier = UpstreamClassifier(classifier(config)?);
 
     let breakers = KeyedBreakers::new(settings, upstreams.max(1))
         .and_then(|k| k.with_keys(0..upstreams))

@@ -11,16 +11,19 @@
 //! ```
 //!
 //! Durations are written with a unit (`"250ms"`, `"30s"`, `"2m"`) and parsed by
-//! [`ConfigDuration`], which the pattern sections reuse.
+//! [`ConfigDuration`] (`duration.rs`), which the pattern sections reuse. The
+//! command-line flags are in `cli.rs`.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+pub use crate::cli::Cli;
+pub use crate::duration::ConfigDuration;
 
 /// The whole gateway configuration. See `docs/gateway.md` for every key.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -99,8 +102,39 @@ pub struct ServerConfig {
     pub shutdown_timeout: ConfigDuration,
     /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
     pub http2: bool,
-    /// Close a client connection whose request head has not arrived in time.
+    /// Close a client connection whose request head has not arrived in time
+    /// (hyper's HTTP/1 timer: from the first byte of a request head to its
+    /// end; the wait for that first byte is `first_bytes_timeout`).
     pub header_read_timeout: ConfigDuration,
+    /// Close a new connection that has not sent its first byte in time. It
+    /// covers the HTTP/1-or-HTTP/2 detection read, which has no timer of its
+    /// own (nginx `client_header_timeout`, Envoy `request_headers_timeout`).
+    pub first_bytes_timeout: ConfigDuration,
+    /// Close a connection, gracefully, once no byte has moved either way for
+    /// this long: an idle HTTP/1 keep-alive connection or an idle HTTP/2
+    /// connection (nginx `keepalive_timeout`, Envoy `idle_timeout`).
+    pub idle_timeout: ConfigDuration,
+    /// Most client connections open at once. At the cap the gateway stops
+    /// accepting (new connections wait in the kernel's backlog) and resumes
+    /// as soon as one closes.
+    pub max_connections: usize,
+    /// Most requests in the stack at once (every connection together).
+    /// Above it a request is answered `503` with `Retry-After: 1` at once
+    /// (load shedding); the built-in routes are never shed.
+    pub max_in_flight: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive: ping an idle-looking connection this often...
+    pub http2_keep_alive_interval: ConfigDuration,
+    /// ...and close it when the ping is not answered within this.
+    pub http2_keep_alive_timeout: ConfigDuration,
+    /// Largest request body in bytes. A larger `Content-Length` is answered
+    /// `413` before any of the body is read; a chunked body is cut with
+    /// `413` once it grows past the cap.
+    pub max_request_body: u64,
+    /// Longest pause between two pieces of a request body; a client that
+    /// stops uploading for longer gets `408` (nginx `client_body_timeout`).
+    pub body_timeout: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +145,15 @@ impl Default for ServerConfig {
             shutdown_timeout: ConfigDuration::from_secs(30),
             http2: true,
             header_read_timeout: ConfigDuration::from_secs(30),
+            first_bytes_timeout: ConfigDuration::from_secs(30),
+            idle_timeout: ConfigDuration::from_secs(60),
+            max_connections: 10_000,
+            max_in_flight: 10_000,
+            http2_max_concurrent_streams: 128,
+            http2_keep_alive_interval: ConfigDuration::from_secs(20),
+            http2_keep_alive_timeout: ConfigDuration::from_secs(20),
+            max_request_body: 16 * 1024 * 1024,
+            body_timeout: ConfigDuration::from_secs(60),
         }
     }
 }
@@ -122,15 +165,33 @@ pub struct UpstreamConfig {
     /// Upstream base URLs (`http://host:port`), used round robin. Empty =
     /// start the embedded demo upstream.
     pub urls: Vec<String>,
-    /// Time allowed from forwarding a request to the upstream's response
-    /// head; slower answers become 504.
+    /// Time allowed for the upstream to answer: from the moment the request
+    /// (its body included) has been handed to the upstream connection to the
+    /// upstream's response head; slower answers become 504. The client's
+    /// upload time is bounded by `server.body_timeout` instead.
     pub timeout: ConfigDuration,
     /// Time allowed to open a TCP connection to an upstream.
     pub connect_timeout: ConfigDuration,
-    /// How long an idle pooled upstream connection is kept.
+    /// How long an idle pooled upstream connection is kept, checked when a
+    /// connection is taken as well as when one is returned. Below the
+    /// keep-alive timeouts upstreams commonly use (Node's 5 s, nginx's 60 to
+    /// 75 s), so the gateway drops a connection before the upstream does.
     pub pool_idle_timeout: ConfigDuration,
-    /// Most idle connections kept per upstream.
+    /// Most idle connections kept per upstream (0: no reuse).
     pub pool_max_idle: usize,
+    /// Retries on another upstream after a connect error (nothing was
+    /// sent, so any request may go elsewhere): this share of the requests
+    /// of the current window, 0.0..=1.0...
+    pub retry_budget_ratio: f64,
+    /// ...plus at least this many per window (0 and a ratio of 0 turn
+    /// retries off)...
+    pub retry_budget_min: u64,
+    /// ...per window of this length.
+    pub retry_budget_window: ConfigDuration,
+    /// The upstream URLs of `urls`, parsed by [`Config::validate`]; the
+    /// demo upstream's is added at start when `urls` is empty.
+    #[serde(skip)]
+    pub uris: Vec<Uri>,
 }
 
 impl Default for UpstreamConfig {
@@ -139,8 +200,12 @@ impl Default for UpstreamConfig {
             urls: Vec::new(),
             timeout: ConfigDuration::from_secs(30),
             connect_timeout: ConfigDuration::from_secs(5),
-            pool_idle_timeout: ConfigDuration::from_secs(90),
+            pool_idle_timeout: ConfigDuration::from_secs(4),
             pool_max_idle: 1024,
+            retry_budget_ratio: 0.2,
+            retry_budget_min: 10,
+            retry_budget_window: ConfigDuration::from_secs(10),
+            uris: Vec::new(),
         }
     }
 }
@@ -189,90 +254,6 @@ pub struct DemoConfig {
     pub latency: ConfigDuration,
 }
 
-// === impl ConfigDuration ===
-
-/// A duration written with a unit: `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`,
-/// `"1h"`, `"500us"`, `"0"`. Deserializes from a TOML string and parses
-/// from a command-line flag (`FromStr`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct ConfigDuration(pub Duration);
-
-impl ConfigDuration {
-    /// Whole seconds.
-    pub const fn from_secs(secs: u64) -> Self {
-        Self(Duration::from_secs(secs))
-    }
-
-    /// Milliseconds.
-    pub const fn from_millis(ms: u64) -> Self {
-        Self(Duration::from_millis(ms))
-    }
-
-    /// The `std` duration.
-    pub const fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl From<ConfigDuration> for Duration {
-    fn from(d: ConfigDuration) -> Self {
-        d.0
-    }
-}
-
-impl fmt::Display for ConfigDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_nanos() == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-            write!(f, "{}ms", d.as_millis())
-        } else {
-            write!(f, "{}us", d.as_micros())
-        }
-    }
-}
-
-impl FromStr for ConfigDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_duration(s).map(Self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(de)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`, `"500us"` or `"0"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || {
-        format!("invalid duration {s:?}, expected a number with a unit like \"250ms\" or \"30s\"")
-    };
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(err)?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
-    let scale = match unit.trim() {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(err()),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
-}
-
 // === loading ===
 
 /// A configuration error, ready to print: it names the key (and the line when
@@ -296,6 +277,24 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Reads, parses and validates a TOML file in one pass: the result is a
+    /// configuration every part of the gateway can be built from without a
+    /// configuration error (what a reload needs). Errors name the key.
+    #[allow(dead_code)] // The entry point of a reload (SIGHUP); start-up goes through `Cli::load`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::from_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text, like [`Config::load`].
+    #[allow(dead_code)] // The pure variant, for tests and a reload.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let mut config = Self::from_toml(text, Path::new("<string>"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Reads and parses a TOML file (no validation; see [`Config::validate`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -320,33 +319,15 @@ impl Config {
         })
     }
 
-    /// Checks values the types cannot express; errors name the key.
-    pub fn validate(&self) -> Result<Vec<Uri>, ConfigError> {
+    /// The one validation pass: checks every value the types cannot express,
+    /// every section included (`[ratelimit]`, `[breaker]`, `[batch]`, ...),
+    /// and fills in the parsed upstream URIs (`upstream.uris`). Errors name
+    /// the key. The builders run on a validated configuration afterwards
+    /// cannot fail on configuration grounds.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
         let mut upstreams = Vec::with_capacity(self.upstream.urls.len());
         for (i, url) in self.upstream.urls.iter().enumerate() {
-            let key = format!("upstream.urls[{i}]");
-            let uri: Uri = url
-                .parse()
-                .map_err(|e| ConfigError::key(&key, format!("{url:?}: {e}")))?;
-            if uri.scheme_str() != Some("http") {
-                return Err(ConfigError::key(
-                    &key,
-                    format!("{url:?}: only http:// upstreams are supported"),
-                ));
-            }
-            if uri.authority().is_none() {
-                return Err(ConfigError::key(&key, format!("{url:?}: missing host")));
-            }
-            if !matches!(
-                uri.path_and_query().map(|p| p.as_str()),
-                None | Some("/") | Some("")
-            ) {
-                return Err(ConfigError::key(
-                    &key,
-                    format!("{url:?}: must not have a path or query"),
-                ));
-            }
-            upstreams.push(uri);
+            upstreams.push(parse_upstream(&format!("upstream.urls[{i}]"), url)?);
         }
         if !(0.0..=1.0).contains(&self.demo.error_rate) {
             return Err(ConfigError::key(
@@ -354,20 +335,118 @@ impl Config {
                 format!("{} is not within 0.0..=1.0", self.demo.error_rate),
             ));
         }
-        if self.upstream.timeout.get().is_zero() {
+        let s = &self.server;
+        // A zero here would close every connection (or fail every request)
+        // at once: never what an operator meant.
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.first_bytes_timeout", s.first_bytes_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            (
+                "server.http2_keep_alive_interval",
+                s.http2_keep_alive_interval,
+            ),
+            (
+                "server.http2_keep_alive_timeout",
+                s.http2_keep_alive_timeout,
+            ),
+            ("server.body_timeout", s.body_timeout),
+            ("upstream.timeout", self.upstream.timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            (
+                "upstream.pool_idle_timeout",
+                self.upstream.pool_idle_timeout,
+            ),
+            ("shutdown.flush_deadline", self.shutdown.flush_deadline),
+        ] {
+            positive(key, d)?;
+        }
+        if s.workers > MAX_WORKERS {
             return Err(ConfigError::key(
-                "upstream.timeout",
-                "must be greater than 0",
+                "server.workers",
+                format!("{} is more than {MAX_WORKERS} threads", s.workers),
             ));
         }
-        if self.upstream.connect_timeout.get().is_zero() {
+        at_least_one("server.max_connections", s.max_connections as u64)?;
+        at_least_one("server.max_in_flight", s.max_in_flight as u64)?;
+        at_least_one(
+            "server.http2_max_concurrent_streams",
+            u64::from(s.http2_max_concurrent_streams),
+        )?;
+        at_least_one("server.max_request_body", s.max_request_body)?;
+        if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {
             return Err(ConfigError::key(
-                "upstream.connect_timeout",
-                "must be greater than 0",
+                "upstream.retry_budget_ratio",
+                format!(
+                    "{} is not within 0.0..=1.0",
+                    self.upstream.retry_budget_ratio
+                ),
             ));
         }
-        Ok(upstreams)
+        if self.upstream.pool_max_idle > MAX_POOL_IDLE {
+            return Err(ConfigError::key(
+                "upstream.pool_max_idle",
+                format!("must be at most {MAX_POOL_IDLE}"),
+            ));
+        }
+        // The pattern sections, with the same checks their builders make.
+        let upstream_count = upstreams.len().max(1);
+        crate::ratelimit::validate(&self.ratelimit)?;
+        crate::breaker::validate(&self.breaker)?;
+        crate::batch::layer(&self.batch)?;
+        crate::scatter::check(&self.scatter, upstream_count)?;
+        crate::hedge::settings(&self.hedge)?;
+        crate::cpu::validate(&self.cpu)?;
+        crate::access_log::validate(&self.access_log)?;
+        self.upstream.uris = upstreams;
+        Ok(())
     }
+}
+
+/// Most runtime worker threads `server.workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
+/// Most idle connections `upstream.pool_max_idle` may keep per upstream.
+const MAX_POOL_IDLE: usize = 1 << 20;
+
+fn positive(key: &str, d: ConfigDuration) -> Result<(), ConfigError> {
+    if d.get().is_zero() {
+        return Err(ConfigError::key(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn at_least_one(key: &str, n: u64) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::key(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// An `http://host[:port]` upstream base URL.
+fn parse_upstream(key: &str, url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ConfigError::key(key, format!("{url:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ConfigError::key(
+            key,
+            format!("{url:?}: only http:// upstreams are supported"),
+        ));
+    }
+    if uri.authority().is_none() {
+        return Err(ConfigError::key(key, format!("{url:?}: missing host")));
+    }
+    if !matches!(
+        uri.path_and_query().map(|p| p.as_str()),
+        None | Some("/") | Some("")
+    ) {
+        return Err(ConfigError::key(
+            key,
+            format!("{url:?}: must not have a path or query"),
+        ));
+    }
+    Ok(uri)
 }
 
 /// Finds the 1-based line of `offset` and the dotted key defined there
@@ -405,78 +484,4 @@ fn locate_key(text: &str, offset: usize) -> (usize, Option<String>) {
         _ => None,
     };
     (line_no, key)
-}
-
-// === command line ===
-
-/// Command-line flags; each one overrides the matching key of `--config`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "gateway",
-    about = "palisade example reverse proxy: every palisade pattern wired into one hyper gateway"
-)]
-pub struct Cli {
-    /// TOML configuration file (see docs/gateway.md).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Listen address (`server.listen`), port 0 = ephemeral.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Upstream base URL, repeatable for round robin (`upstream.urls`).
-    #[arg(long = "upstream", value_name = "URL")]
-    pub upstreams: Vec<String>,
-    /// Upstream response-head timeout, e.g. 2s (`upstream.timeout`).
-    #[arg(long, value_name = "DURATION")]
-    pub upstream_timeout: Option<ConfigDuration>,
-    /// Log format (`log.format`).
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Drain deadline after SIGINT/SIGTERM (`shutdown.drain_deadline`,
-    /// `server.shutdown_timeout`).
-    #[arg(long, value_name = "DURATION")]
-    pub shutdown_timeout: Option<ConfigDuration>,
-    /// Runtime worker threads, 0 = available CPUs (`server.workers`).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Disable the per-request access log (`log.access_log = false`).
-    #[arg(long)]
-    pub no_access_log: bool,
-    /// Serve only the demo upstream on `--listen` (a benchmark upstream).
-    #[arg(long)]
-    pub demo_upstream_only: bool,
-}
-
-impl Cli {
-    /// Loads `--config` (if any), applies the flags over it and validates.
-    pub fn load(&self) -> Result<(Config, Vec<Uri>), ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        if let Some(listen) = self.listen {
-            config.server.listen = listen;
-        }
-        if !self.upstreams.is_empty() {
-            config.upstream.urls = self.upstreams.clone();
-        }
-        if let Some(t) = self.upstream_timeout {
-            config.upstream.timeout = t;
-        }
-        if let Some(f) = self.log_format {
-            config.log.format = f;
-        }
-        if let Some(t) = self.shutdown_timeout {
-            config.server.shutdown_timeout = t;
-            // The flag wins over `shutdown.drain_deadline` from the file.
-            config.shutdown.drain_deadline = Some(t);
-        }
-        if let Some(w) = self.workers {
-            config.server.workers = w;
-        }
-        if self.no_access_log {
-            config.log.access_log = false;
-        }
-        let upstreams = config.validate()?;
-        Ok((config, upstreams))
-    }
 }

@@ -45,11 +45,27 @@ pub struct CpuRoute {
     max_ms: u64,
 }
 
-/// Builds the route's pool; a bad `[cpu]` value names its key.
-pub fn route(config: &CpuConfig) -> Result<CpuRoute, ConfigError> {
+/// Checks `[cpu]` without starting its threads (part of
+/// `Config::validate`): the checks `CpuPool::builder().build()` makes.
+pub fn validate(config: &CpuConfig) -> Result<(), ConfigError> {
     if config.max_ms == 0 {
         return Err(ConfigError::key("cpu.max_ms", "must be greater than 0"));
     }
+    let max = tokio::sync::Semaphore::MAX_PERMITS / 2;
+    match config.threads {
+        Some(0) => return Err(ConfigError::key("cpu.threads", "must be at least 1")),
+        Some(n) if n > max => return Err(ConfigError::key("cpu.threads", "is too large")),
+        _ => {}
+    }
+    if config.queue > max {
+        return Err(ConfigError::key("cpu.queue", "is too large"));
+    }
+    Ok(())
+}
+
+/// Builds the route's pool; a bad `[cpu]` value names its key.
+pub fn route(config: &CpuConfig) -> Result<CpuRoute, ConfigError> {
+    validate(config)?;
     let mut builder = CpuPool::builder()
         .name("demo-cpu")
         .queue_capacity(config.queue);

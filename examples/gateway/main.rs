@@ -7,8 +7,12 @@
 //! cargo run --release --example gateway -- --config gateway.toml --log-format json
 //! ```
 //!
-//! Files: `config.rs` (flags + TOML), `stack.rs` (the layer stack, in
-//! order), `proxy.rs` (upstream choice and forwarding), `batch.rs`
+//! Files: `config.rs` (flags + TOML, one validation pass), `stack.rs` (the
+//! layer stack, in order), `shed.rs` (the in-flight cap), `balance.rs`
+//! (breaker-aware upstream choice), `upstream_timeout.rs` and
+//! `request_body.rs` (body cap, body stall, upstream timeout), `proxy.rs`
+//! (forwarding and its errors), `headers.rs` (header rewriting), `pool.rs`
+//! (upstream keep-alive pool), `batch.rs`
 //! (`[batch]`: item lookups coalesced), `routes.rs`
 //! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
@@ -19,21 +23,29 @@
 #![allow(unreachable_pub)]
 
 mod access_log;
+mod balance;
 mod batch;
 mod body;
 mod breaker;
+mod cli;
 mod config;
 mod cpu;
+mod duration;
+mod failover;
+mod headers;
 mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
+mod request_body;
 mod routes;
 mod scatter;
+mod shed;
 mod shutdown;
 mod stack;
 mod telemetry;
 mod upstream;
+mod upstream_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,10 +54,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use http::Uri;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use palisade_shutdown::server::Server;
+use palisade_shutdown::server::{ConnectionLimits, Server};
 use palisade_shutdown::{Drain, Shutdown};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,7 +71,7 @@ use crate::upstream::Faults;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Configuration is complete and valid before anything is bound.
-    let (config, upstreams) = match cli.load() {
+    let config = match cli.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
@@ -99,7 +110,7 @@ fn main() -> ExitCode {
         if cli.demo_upstream_only {
             run_demo_upstream_only(&config).await.map(|()| 0)
         } else {
-            run(config, upstreams).await
+            run(config).await
         }
     });
     // Tasks still running (the demo upstream, connections cut at the
@@ -126,7 +137,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves until a signal, then runs the coordinated shutdown (see
 /// `shutdown.rs`); returns the exit code its outcome calls for.
-async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
+async fn run(config: Config) -> Result<u8, BoxError> {
+    let mut upstreams = config.upstream.uris.clone();
     // Installed first: a signal arriving right after the listening line must
     // drain the gateway, not kill it. A second signal forces the shutdown.
     let coordinator = Shutdown::new();
@@ -137,12 +149,13 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let background = coordinator.scope().child("background");
     let backends = coordinator.scope().child("backends");
 
-    // The layers that validate their own configuration are built before
-    // anything is bound (after the recorder, so their metrics register):
-    // a bad `[ratelimit]` or `[breaker]` value exits 2 with no port taken.
+    // `Config::validate` has checked every section, so these builders cannot
+    // fail on configuration grounds; they run after the recorder, so their
+    // metrics register, and before anything is bound.
     // Without configured upstreams there is one: the demo upstream below.
     let ratelimit = ratelimit::layer(&config.ratelimit)?;
-    let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
+    let upstream_count = upstreams.len().max(1);
+    let breaker = breaker::layer(&config.breaker, upstream_count)?;
     let batch = batch::layer(&config.batch)?;
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
     scatter::check(&config.scatter, upstreams.len().max(1))?;
@@ -184,6 +197,18 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // Validated above; now the upstream list is final.
     let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;
     let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
+    let breakers = breaker::breakers(&breaker, upstream_count);
+    let classifier = breaker::upstream_classifier(&config.breaker)?;
+    let proxy = proxy::Proxy::new(&upstreams, &config.upstream);
+    let failover = failover::Failover::new(
+        upstreams.clone(),
+        proxy.pools(),
+        breakers.clone(),
+        classifier,
+        upstream_metrics.clone(),
+        &config.upstream,
+    );
+    let proxy = proxy.with_failover(Arc::new(failover));
     let drain = Drain::new();
     let items = batch.map(|layer| {
         batch::start(
@@ -198,6 +223,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes)
             .with_access_log(access_log.as_ref().map(|a| a.sink.clone())),
+        in_flight: shed::InFlightLimitLayer::new(config.server.max_in_flight),
         routes: BuiltinRoutesLayer::new(RoutesState {
             routes,
             readiness: readiness.clone(),
@@ -208,7 +234,9 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         upstreams,
         drain: drain.clone(),
         ratelimit,
-        breaker,
+        breakers,
+        classifier,
+        proxy,
         items,
         scatter: scatter::ScatterLayer::new(scatter),
         hedge,
@@ -222,27 +250,15 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout.get())
-        // One flat write buffer per response instead of a writev of head +
-        // body chunks: fewer instructions per small response (hyper's queue
-        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    if !config.server.http2 {
-        builder = builder.http1_only();
-    }
-
+    let builder = connection_builder(config);
     // Accepts HTTP/1 and HTTP/2, each connection on its own task, until the
     // shutdown's stop-accepting phase; its drain phase closes them.
     let server = Server::from_fn(listener, move |peer| {
         request_metrics.connection_accepted();
         ConnectionService::new(stack.clone(), peer)
     })
-    .with_builder(builder);
+    .with_builder(builder)
+    .with_limits(connection_limits(config));
     let connections = server.handle();
     shutdown::register(
         &coordinator,
@@ -262,6 +278,39 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
 
     let outcome = coordinator.run().await;
     Ok(shutdown::finish(&outcome))
+}
+
+/// hyper's per-connection settings from `[server]`.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let server = &config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout.get())
+        // One flat write buffer per response instead of a writev of head +
+        // body chunks: fewer instructions per small response (hyper's queue
+        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
+        .writev(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .keep_alive_interval(server.http2_keep_alive_interval.get())
+        .keep_alive_timeout(server.http2_keep_alive_timeout.get());
+    if !server.http2 {
+        builder = builder.http1_only();
+    }
+    builder
+}
+
+/// The connection bounds from `[server]` (palisade-shutdown's `Server`).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let server = &config.server;
+    ConnectionLimits::new()
+        .max_connections(server.max_connections)
+        .first_bytes_timeout(server.first_bytes_timeout.get())
+        .idle_timeout(server.idle_timeout.get())
 }
 
 /// `--demo-upstream-only`: the demo upstream alone on `server.listen`.

@@ -10,8 +10,9 @@
 //!
 //! Idle connections are reused most-recent first (warm in cache, and the
 //! rest age out): entries idle longer than `upstream.pool_idle_timeout` are
-//! dropped when a connection is returned, and at most
-//! `upstream.pool_max_idle` are kept per upstream.
+//! dropped when a connection is taken and when one is returned, and at most
+//! `upstream.pool_max_idle` are kept per upstream. A connection the upstream
+//! closed is noticed by its task (hyper reads the FIN) and skipped.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -19,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::UpstreamConfig;
 use crate::proxy::ProxyError;
+use crate::request_body::RequestBody;
 
 /// The pool of one upstream.
 pub struct HostPool {
@@ -39,7 +40,7 @@ pub struct HostPool {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -75,10 +76,24 @@ impl HostPool {
     /// an early response, while the request body is still uploading). Such a
     /// connection is not waited for: it goes to the bottom of the stack and
     /// the next one is tried, so no request queues behind another's upload.
-    pub fn try_checkout(&self) -> Option<SendRequest<Incoming>> {
+    ///
+    /// A connection idle longer than `upstream.pool_idle_timeout` is closed
+    /// here rather than used: the upstream may be closing it at this very
+    /// moment (its own keep-alive timeout), and a request written into that
+    /// race fails after it was sent.
+    pub fn try_checkout(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
         for _ in 0..idle.len() {
             let Some(entry) = idle.pop_back() else { break };
+            if now.duration_since(entry.since) > self.idle_timeout {
+                // Older ones sit below it: close them all.
+                idle.clear();
+                return None;
+            }
             if entry.sender.is_ready() {
                 return Some(entry.sender);
             }
@@ -90,7 +105,7 @@ impl HostPool {
     }
 
     /// Opens a new connection and spawns the task that drives it.
-    pub async fn connect(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+    pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ProxyError> {
         let stream =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr.as_str()))
                 .await
@@ -112,7 +127,7 @@ impl HostPool {
         Ok(sender)
     }
 
-    fn push(&self, sender: SendRequest<Incoming>) {
+    fn push(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -137,7 +152,7 @@ impl HostPool {
 /// Dropping it without [`Lease::release`] closes the connection (its
 /// response was not read to the end, so it cannot carry another).
 pub struct Lease {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Arc<HostPool>,
 }
 
@@ -151,7 +166,7 @@ impl fmt::Debug for Lease {
 
 impl Lease {
     /// Lends `sender`, which belongs to `pool`.
-    pub fn new(sender: SendRequest<Incoming>, pool: Arc<HostPool>) -> Self {
+    pub fn new(sender: SendRequest<RequestBody>, pool: Arc<HostPool>) -> Self {
         Self { sender, pool }
     }
 

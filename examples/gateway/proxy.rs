@@ -1,217 +1,28 @@
-//! Forwarding: choosing an upstream ([`ChooseUpstream`]) and sending the
-//! request to it over pooled keep-alive connections ([`Proxy`]).
-//!
-//! The choice is its own step so the per-upstream layers (a circuit breaker
-//! keyed by [`Upstream::index`]) can sit between the choice and the
-//! forwarding; see `stack.rs`.
+//! Forwarding ([`Proxy`]): sends the request to the upstream chosen by
+//! layer 6 (`balance.rs`) over pooled keep-alive connections (`pool.rs`),
+//! after the header rewriting of `headers.rs`; and the error taxonomy of
+//! forwarding ([`ProxyError`], [`UpstreamErrorKind`]).
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
-use tower::{BoxError, Layer, Service};
+use hyper::client::conn::http1::SendRequest;
+use tower::Service;
 
+pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::failover::{FailedOver, Failover};
+pub use crate::headers::remove_hop_by_hop;
+use crate::headers::{ClientInfo, prepare_request};
 use crate::pool::{HostPool, Lease};
-use crate::telemetry::UpstreamMetrics;
-use hyper::client::conn::http1::SendRequest;
-
-// === ClientInfo ===
-
-/// The forwarding elements for one client address, formatted once per
-/// client connection: each connection's copy of [`Proxy`] keeps the last
-/// one and reuses it while the peer address (the `SocketAddr` request
-/// extension, set per request by the connection) stays the same.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The client's IP address.
-    ip: IpAddr,
-    /// `X-Forwarded-For` element for this client.
-    x_forwarded_for: HeaderValue,
-    /// `Forwarded` element for this client.
-    forwarded: HeaderValue,
-}
-
-impl ClientInfo {
-    /// Info for a client at `ip`.
-    pub fn new(ip: IpAddr) -> Self {
-        let xff =
-            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        // RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
-        let fwd = match ip {
-            IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-        };
-        let forwarded =
-            HeaderValue::from_str(&fwd).expect("a Forwarded element is a valid header value");
-        Self {
-            ip,
-            x_forwarded_for: xff,
-            forwarded,
-        }
-    }
-}
-
-// === Upstream ===
-
-/// The upstream chosen for a request, set as a request extension by
-/// [`ChooseUpstream`]; [`Proxy`] moves it to the response extensions for the
-/// access log (only while the `gateway::access` target is enabled).
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Position in the configured upstream list; stable key for
-    /// per-upstream state (a circuit breaker per upstream).
-    pub index: usize,
-    /// `host:port` the request is sent to.
-    pub authority: Authority,
-}
-
-/// The configured upstreams, shared by every clone of [`ChooseUpstream`].
-#[derive(Debug)]
-pub struct Upstreams {
-    list: Vec<Upstream>,
-    next: AtomicUsize,
-}
-
-impl Upstreams {
-    /// Upstreams from validated base URIs (`http://host:port`).
-    pub fn new(uris: &[Uri]) -> Self {
-        let list = uris
-            .iter()
-            .enumerate()
-            .map(|(index, uri)| Upstream {
-                index,
-                authority: uri
-                    .authority()
-                    .cloned()
-                    .expect("validated upstream has an authority"),
-            })
-            .collect();
-        Self {
-            list,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The upstreams, in configuration order.
-    pub fn list(&self) -> &[Upstream] {
-        &self.list
-    }
-
-    fn pick(&self) -> &Upstream {
-        // Round robin; Relaxed is enough, the counter orders nothing else.
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.list[n % self.list.len()]
-    }
-}
-
-/// Layer that applies [`ChooseUpstream`].
-#[derive(Debug, Clone)]
-pub struct ChooseUpstreamLayer {
-    upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-}
-
-impl ChooseUpstreamLayer {
-    /// Round robin over `upstreams` (must not be empty).
-    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<UpstreamMetrics>) -> Self {
-        assert!(!upstreams.list.is_empty(), "at least one upstream");
-        Self { upstreams, metrics }
-    }
-}
-
-impl<S> Layer<S> for ChooseUpstreamLayer {
-    type Service = ChooseUpstream<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ChooseUpstream {
-            inner,
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Picks the upstream (round robin) and records it as the [`Upstream`]
-/// request extension; counts and logs upstream failures of the layers below.
-#[derive(Debug, Clone)]
-pub struct ChooseUpstream<S> {
-    inner: S,
-    upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-}
-
-impl<S, B> Service<Request<B>> for ChooseUpstream<S>
-where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ChooseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let upstream = self.upstreams.pick();
-        let index = upstream.index;
-        req.extensions_mut().insert(upstream.clone());
-        ChooseFuture {
-            inner: self.inner.call(req),
-            index,
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ChooseUpstream`].
-    #[derive(Debug)]
-    pub struct ChooseFuture<F> {
-        #[pin]
-        inner: F,
-        index: usize,
-        upstreams: Arc<Upstreams>,
-        metrics: Arc<UpstreamMetrics>,
-    }
-}
-
-impl<F, T, E> Future for ChooseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match ready!(this.inner.poll(cx)) {
-            Ok(res) => Poll::Ready(Ok(res)),
-            Err(e) => {
-                let e = e.into();
-                if let Some(kind) = UpstreamErrorKind::of(&*e) {
-                    this.metrics.record(*this.index, kind);
-                    let upstream = &this.upstreams.list[*this.index].authority;
-                    tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&*e), "upstream request failed");
-                }
-                Poll::Ready(Err(e))
-            }
-        }
-    }
-}
+use crate::request_body::{ClientBodyError, RequestBody};
 
 /// What went wrong talking to an upstream (the `kind` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +57,7 @@ impl UpstreamErrorKind {
             match p {
                 ProxyError::Connect(_) => Some(Self::Connect),
                 ProxyError::Upstream(_) => Some(Self::Protocol),
-                ProxyError::NoUpstream => None,
+                ProxyError::Client(_) | ProxyError::NoUpstream => None,
             }
         } else {
             None
@@ -280,6 +91,9 @@ pub enum ProxyError {
     Connect(std::io::Error),
     /// The upstream connection failed after connecting.
     Upstream(hyper::Error),
+    /// The client's request body failed (too large, stalled, aborted): the
+    /// client's fault, never counted against the upstream.
+    Client(ClientBodyError),
     /// No [`Upstream`] extension: `ChooseUpstream` is missing from the stack.
     NoUpstream,
 }
@@ -289,6 +103,7 @@ impl fmt::Display for ProxyError {
         match self {
             Self::Connect(_) => f.write_str("upstream connect failed"),
             Self::Upstream(_) => f.write_str("upstream request failed"),
+            Self::Client(_) => f.write_str("client request body failed"),
             Self::NoUpstream => f.write_str("no upstream chosen for the request"),
         }
     }
@@ -299,6 +114,7 @@ impl std::error::Error for ProxyError {
         match self {
             Self::Connect(e) => Some(e),
             Self::Upstream(e) => Some(e),
+            Self::Client(e) => Some(e),
             Self::NoUpstream => None,
         }
     }
@@ -311,6 +127,8 @@ impl std::error::Error for ProxyError {
 pub struct Proxy {
     /// One pool per upstream, indexed by [`Upstream::index`].
     pools: Arc<[Arc<HostPool>]>,
+    /// Where a request goes when its upstream refuses the connection.
+    failover: Option<Arc<Failover>>,
     /// The forwarding elements of the last client seen. The stack is cloned
     /// per connection, so this is the connection's peer: formatted on its
     /// first request, reused by the rest (no per-request extension for it).
@@ -318,6 +136,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy's pools, one per upstream in index order (what a
+    /// [`Failover`] retries on).
+    pub fn pools(&self) -> Arc<[Arc<HostPool>]> {
+        self.pools.clone()
+    }
+
     /// A proxy with one keep-alive pool per upstream, configured from
     /// `[upstream]`.
     pub fn new(upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
@@ -328,12 +152,20 @@ impl Proxy {
             .collect();
         Self {
             pools,
+            failover: None,
             client: None,
         }
     }
 
+    /// Retries a request on another upstream after a connect error
+    /// (`failover.rs`).
+    pub fn with_failover(mut self, failover: Arc<Failover>) -> Self {
+        self.failover = Some(failover);
+        self
+    }
+
     /// The forwarding elements for the request's peer, if it has one.
-    fn client_info(&mut self, req: &Request<Incoming>) -> Option<ClientInfo> {
+    fn client_info(&mut self, req: &Request<RequestBody>) -> Option<ClientInfo> {
         let ip = req.extensions().get::<SocketAddr>()?.ip();
         match &self.client {
             Some(info) if info.ip == ip => Some(info.clone()),
@@ -342,7 +174,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<RequestBody>> for Proxy {
     type Response = Response<Body>;
     type Error = ProxyError;
     type Future = ProxyFuture;
@@ -352,7 +184,7 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         let upstream = req.extensions_mut().remove::<Upstream>();
         let Some((upstream, pool)) = upstream.and_then(|u| {
             let pool = self.pools.get(u.index)?.clone();
@@ -364,6 +196,7 @@ impl Service<Request<Incoming>> for Proxy {
         };
         let client = self.client_info(&req);
         prepare_request(&mut req, &upstream, client);
+        let failover = self.failover.clone();
         // The future is boxed (hyper's send future has no nameable type), so
         // keep it small: the common case, an idle connection ready now,
         // queues the request here and the future only awaits the response.
@@ -378,39 +211,75 @@ impl Service<Request<Incoming>> for Proxy {
                         Ok(res) => return Ok(finish(res, sender, pool, upstream)),
                         Err(mut e) => match e.take_message() {
                             Some(req) => req,
-                            None => return Err(ProxyError::Upstream(e.into_error())),
+                            None => return Err(upstream_error(e.into_error())),
                         },
                     };
                     // Never written: the pooled connection closed under us.
                     // Retrying on a fresh one is safe.
-                    Box::pin(send_fresh(pool, upstream, retry)).await
+                    Box::pin(send_fresh(pool, upstream, retry, failover)).await
                 })
             }
-            None => Box::pin(send_fresh(pool, upstream, req)),
+            None => Box::pin(send_fresh(pool, upstream, req, failover)),
         };
         ProxyFuture { inner }
     }
 }
 
-/// Sends `req` on a new connection.
+/// Sends `req` on a new connection; when the upstream refuses it, on
+/// another upstream if `failover` finds one (nothing was sent yet).
 async fn send_fresh(
     pool: Arc<HostPool>,
     upstream: Upstream,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
+    failover: Option<Arc<Failover>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender = pool.connect().await?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(ProxyError::Upstream)?;
+    let mut sender = match pool.connect().await {
+        Ok(sender) => sender,
+        Err(e @ ProxyError::Connect(_)) => {
+            let Some(alt) = failover.and_then(|f| f.alternative(upstream.index)) else {
+                return Err(e);
+            };
+            let failed = upstream.index;
+            let result = Box::pin(send_to(alt.pool, alt.upstream, req)).await;
+            alt.permit.record(alt.classifier.classify_proxied(&result));
+            let mut res = result?;
+            res.extensions_mut().insert(FailedOver(failed));
+            return Ok(res);
+        }
+        Err(e) => return Err(e),
+    };
+    let res = sender.send_request(req).await.map_err(upstream_error)?;
     Ok(finish(res, sender, pool, upstream))
+}
+
+/// Sends `req` to `upstream`, on a pooled connection if one is ready.
+async fn send_to(
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut sender = match pool.try_checkout() {
+        Some(sender) => sender,
+        None => pool.connect().await?,
+    };
+    let res = sender.send_request(req).await.map_err(upstream_error)?;
+    Ok(finish(res, sender, pool, upstream))
+}
+
+/// A failed exchange is the client's when its request body failed (hyper
+/// reports that as its own error with ours as the source).
+fn upstream_error(e: hyper::Error) -> ProxyError {
+    match ClientBodyError::find(&e) {
+        Some(client) => ProxyError::Client(client),
+        None => ProxyError::Upstream(e),
+    }
 }
 
 /// The client-bound response: hop-by-hop fields removed, the upstream
 /// recorded, the connection leased to the body.
 fn finish(
     res: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Arc<HostPool>,
     upstream: Upstream,
 ) -> Response<Body> {
@@ -422,105 +291,6 @@ fn finish(
         parts.extensions.insert(upstream);
     }
     Response::from_parts(parts, Body::upstream(body, Lease::new(sender, pool)))
-}
-
-/// Rewrites the request in place for `upstream`.
-fn prepare_request(req: &mut Request<Incoming>, upstream: &Upstream, client: Option<ClientInfo>) {
-    // The upstream keeps seeing the name the client used. An h2 client sends
-    // no Host header, only the URI authority; keep that as Host, as an h1
-    // client would have sent it.
-    if !req.headers().contains_key(header::HOST) {
-        let authority = req.uri().authority().unwrap_or(&upstream.authority);
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
-    // Origin form (`/path?query`) on the wire to the upstream.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-    }
-    // The upstream side always speaks HTTP/1.1, whatever the client spoke.
-    *req.version_mut() = Version::HTTP_11;
-
-    let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
-    if let Some(info) = client {
-        append_list(headers, X_FORWARDED_FOR, info.x_forwarded_for);
-        append_list(headers, header::FORWARDED, info.forwarded);
-    }
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Appends `element` to the comma-separated list `name`, joining existing
-/// field lines into one (some upstreams read only the first line).
-fn append_list(headers: &mut HeaderMap, name: HeaderName, element: HeaderValue) {
-    match headers.entry(name) {
-        header::Entry::Vacant(v) => {
-            v.insert(element);
-        }
-        header::Entry::Occupied(mut o) => {
-            let mut joined = Vec::with_capacity(64);
-            for v in o.iter() {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(element.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(v) => {
-                    o.insert(v);
-                }
-                // Unreachable in practice (joined valid values stay valid);
-                // fall back to a second field line.
-                Err(_) => o.append(element),
-            }
-        }
-    }
-}
-
-/// The hop-by-hop fields of RFC 9110 section 7.6.1 (plus `Proxy-Connection`,
-/// which old clients send): they describe one connection and must not be
-/// forwarded.
-const HOP_BY_HOP: [HeaderName; 5] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop fields, including every field named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: one pass over the (few) fields, comparing names, instead of
-    // a hashed lookup per hop-by-hop name; most messages carry none.
-    let any = headers
-        .keys()
-        .any(|k| k == header::CONNECTION || HOP_BY_HOP.contains(k));
-    if !any {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        // `remove` drops every `Connection` field line.
-        headers.remove(header::CONNECTION);
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// Response future of [`Proxy`]. Boxed: hyper's `send_request` future has

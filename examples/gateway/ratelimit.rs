@@ -278,12 +278,52 @@ fn client_key(config: &RateLimitConfig, key: &str) -> Result<ClientKey, ConfigEr
     }
 }
 
-/// Builds layer 5 from `[ratelimit]`; every invalid value is an error naming
-/// its key. Call it inside the runtime (the Redis connection is lazy).
-pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
+/// Checks `[ratelimit]` without building a limiter (part of
+/// `Config::validate`): every check [`layer`] makes.
+pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
     if config.max_keys == 0 {
         return Err(ConfigError::key("ratelimit.max_keys", "must be positive"));
     }
+    trusted(config)?;
+    if let Some(limit) = &config.per_client {
+        let quota = quota("per_client", limit)?;
+        client_key(config, &limit.key)?;
+        if let Some(url) = &config.redis_url {
+            if config.redis_budget.get().is_zero() {
+                return Err(ConfigError::key(
+                    "ratelimit.redis_budget",
+                    "must be greater than 0",
+                ));
+            }
+            // Redis keeps time in microseconds: a cell must be one at least.
+            if quota.emission_interval() < std::time::Duration::from_micros(1) {
+                return Err(ConfigError::key(
+                    "ratelimit.per_client.rate",
+                    "is too high for Redis (one request per microsecond at most)",
+                ));
+            }
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(ConfigError::key(
+                    "ratelimit.redis_url",
+                    format!("{url:?}: expected redis://, rediss:// or unix://"),
+                ));
+            }
+        }
+    }
+    if let Some(limit) = &config.global {
+        quota("global", limit)?;
+    }
+    Ok(())
+}
+
+/// Builds layer 5 from `[ratelimit]`; every invalid value is an error naming
+/// its key (the same checks as [`validate`]). Call it inside the runtime
+/// (the Redis connection is lazy).
+pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
+    validate(config)?;
     let headers = Headers::default()
         .on_admitted(config.headers)
         .legacy(config.legacy_headers);

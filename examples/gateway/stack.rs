@@ -9,14 +9,15 @@
 //!  1 TelemetryLayer       access log, request count + latency, in-flight
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
+//!  3a InFlightLimitLayer  server.max_in_flight: 503 + Retry-After when full
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
 //!  5a ScatterLayer       [scatter] route: every upstream at once, JSON
 //!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
 //!  5c HedgeLayer          [hedge]: idempotent requests hedged across upstreams
-//!  6 ChooseUpstreamLayer  picks the upstream, sets the `Upstream` extension
-//!  7 breaker::layer       one circuit breaker per upstream (`Upstream::index`), 503
-//!  8 TimeoutLayer         upstream.timeout, 504
+//!  6 ChooseUpstreamLayer  round robin over the upstreams whose breaker admits
+//!                         the call (one breaker per upstream); 503 when none does
+//!  8 UpstreamTimeoutLayer body cap 413 + body stall 408; upstream.timeout 504
 //!  9 Proxy                forwards over pooled keep-alive connections
 //!    │
 //!  upstream
@@ -31,6 +32,9 @@
 //! - Error mapping sits right below the routes so every policy layer may
 //!   simply fail with its typed error; one place turns errors into responses
 //!   (and the telemetry above sees a status, never an error).
+//! - The in-flight cap right below the error mapping and above everything
+//!   else: a shed request costs no rate-limit cell, no upstream choice and
+//!   no breaker permit, and probes (answered above it) are never shed.
 //! - Shutdown before rate limiting: a draining gateway rejects new work
 //!   without charging the client's budget.
 //! - Rate limiting before the upstream choice: a rejected request never
@@ -44,10 +48,20 @@
 //!   own cell before it joins a batch; the batcher then calls the upstream
 //!   through its own choice + breaker + timeout (`batch.rs`), so the breaker
 //!   sees one outcome per batch, the call the upstream really served.
-//! - The breaker sits between choice and forwarding, so each upstream has its
-//!   own breaker, and wraps the timeout so a timeout counts as a failure.
+//! - The breakers are part of the choice (`balance.rs`): an open breaker
+//!   takes its upstream out of the rotation instead of answering 503 for
+//!   its share of the traffic, and they wrap the timeout, so a timeout
+//!   counts as a failure.
 //! - The timeout is innermost so it measures the upstream alone, not time
-//!   spent queued in the layers above.
+//!   spent queued in the layers above; and it starts only once the request
+//!   body is uploaded, so a slow client is the body timeout's 408 (its own
+//!   error, `Ignored` by the breaker above), never a 504 charged to the
+//!   upstream.
+//!
+//! Around the stack, per connection (`main.rs`, palisade-shutdown's
+//! `Server`): `server.max_connections`, `server.first_bytes_timeout`,
+//! `server.idle_timeout`, hyper's `header_read_timeout` and the HTTP/2
+//! stream cap and keep-alive pings.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -61,7 +75,6 @@ use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tower::timeout::TimeoutLayer;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
@@ -69,8 +82,11 @@ use crate::batch::ItemsRouteLayer;
 use crate::body::Body;
 use crate::config::Config;
 use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
+use crate::request_body::ClientBodyError;
 use crate::routes::BuiltinRoutesLayer;
+use crate::shed::{InFlightLimitLayer, Overloaded};
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
+use crate::upstream_timeout::UpstreamTimeoutLayer;
 
 /// What the stack is built from, created once at start-up.
 #[derive(Debug)]
@@ -81,6 +97,8 @@ pub struct Shared {
     pub telemetry: TelemetryLayer,
     /// Layer 2.
     pub routes: BuiltinRoutesLayer,
+    /// Layer 3a: its slots are shared by every connection.
+    pub in_flight: InFlightLimitLayer,
     /// The upstreams layer 6 chooses from.
     pub upstreams: Arc<Upstreams>,
     /// Upstream error counters layer 6 records into.
@@ -89,8 +107,12 @@ pub struct Shared {
     pub drain: palisade_shutdown::Drain,
     /// Layer 5, built (and so validated) before any port is bound.
     pub ratelimit: crate::ratelimit::RateLimitLayer,
-    /// Layer 7, built (and so validated) before any port is bound.
-    pub breaker: crate::breaker::BreakerLayer,
+    /// Layer 6's breakers, one per upstream (index order).
+    pub breakers: Vec<palisade::breaker::Breaker>,
+    /// How layer 6 classifies a call for its breaker.
+    pub classifier: crate::breaker::UpstreamClassifier,
+    /// Layer 9, with its pools and its failover to another upstream.
+    pub proxy: Proxy,
     /// Layer 5a (a pass-through without `[scatter] path`).
     pub scatter: crate::scatter::ScatterLayer,
     /// Layer 5b's batcher, when `[batch]` is on.
@@ -119,6 +141,7 @@ pub fn build(
         .layer(shared.telemetry.clone())
         .layer(shared.routes.clone())
         .layer(ErrorResponseLayer)
+        .layer(shared.in_flight.clone())
         .layer(shared.drain.layer())
         .layer(shared.ratelimit.clone())
         .layer(shared.scatter.clone())
@@ -126,13 +149,12 @@ pub fn build(
             shared.items.as_ref().map(|items| items.batch.clone()),
         ))
         .layer(shared.hedge.clone())
-        .layer(ChooseUpstreamLayer::new(
-            shared.upstreams.clone(),
-            shared.upstream_metrics.clone(),
-        ))
-        .layer(shared.breaker.clone())
-        .layer(TimeoutLayer::new(config.upstream.timeout.get()))
-        .service(Proxy::new(&shared.upstreams, &config.upstream))
+        .layer(
+            ChooseUpstreamLayer::new(shared.upstreams.clone(), shared.upstream_metrics.clone())
+                .with_breakers(shared.breakers.clone(), shared.classifier),
+        )
+        .layer(UpstreamTimeoutLayer::new(config))
+        .service(shared.proxy.clone())
 }
 
 // === errors → responses ===
@@ -167,7 +189,23 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
     let mut answer = None;
     while let Some(e) = current {
-        answer = if e.is::<tower::timeout::error::Elapsed>() {
+        answer = if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            Some((c.status(), c.message()))
+        } else if e.is::<Overloaded>() {
+            let mut res = Response::new(Body::from("overloaded\n"));
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(palisade_core::retry_after_secs(
+                    std::time::Duration::from_secs(1),
+                )),
+            );
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return res;
+        } else if e.is::<tower::timeout::error::Elapsed>() {
             Some((StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"))
         } else if e.is::<crate::batch::FetchError>() || e.is::<hyper_util::client::legacy::Error>()
         {
@@ -177,6 +215,7 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
                 ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                     (StatusCode::BAD_GATEWAY, "bad gateway\n")
                 }
+                ProxyError::Client(c) => (c.status(), c.message()),
                 ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
             })
         } else {

@@ -9,6 +9,8 @@
 //!   method, URI and every request header come back as `x-echo-method`,
 //!   `x-echo-uri` and `x-echo-h-<name>` response headers, and the server's
 //!   own address as `x-echo-served-by`
+//! - `/sink` → reads the whole request body, then answers
+//!   `received N bytes` (an upstream that waits for the upload)
 //! - `/delay/{ms}` → answers after `ms` milliseconds
 //! - `/status/{code}` → answers with that status
 //! - `/items/{id}` and `/items?ids=1,2,3` → JSON for one or many items (the
@@ -209,6 +211,14 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>,
         text(StatusCode::OK, "hello\n")
     } else if path == "/echo" {
         echo(req, &ctx.served_by)
+    } else if path == "/sink" {
+        match http_body_util::BodyExt::collect(req.into_body()).await {
+            Ok(body) => text(
+                StatusCode::OK,
+                format!("received {} bytes\n", body.to_bytes().len()),
+            ),
+            Err(_) => text(StatusCode::BAD_REQUEST, "request body failed\n"),
+        }
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         match ms.parse::<u64>() {
             Ok(ms) => {

@@ -1,5 +1,17 @@
 //! Serving helper (feature `hyper`): accept with hyper-util's auto builder
-//! (HTTP/1 and HTTP/2) and drain connections on shutdown.
+//! (HTTP/1 and HTTP/2), bound the edge ([`ConnectionLimits`]: a connection
+//! cap, a first-bytes timeout, an idle timeout) and drain connections on
+//! shutdown.
+//!
+//! # Metrics
+//!
+//! Besides the drain's `palisade_shutdown_connections_closed_total`:
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `palisade_server_accept_paused_total` | counter | | times accepting paused at `max_connections` |
+//! | `palisade_server_accept_errors_total` | counter | | accept errors that are the listener's (e.g. `EMFILE`), each followed by a 50 ms pause |
+//! | `palisade_server_connections_timed_out_total` | counter | `reason` = `first_bytes`/`idle` | connections closed by a [`ConnectionLimits`] timer |
 
 use std::fmt;
 use std::future::Future;
@@ -8,6 +20,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,12 +29,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use pin_project_lite::pin_project;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::BoxError;
-use crate::metric_names;
+use crate::metric_names as metric_names_drain;
 
 /// An HTTP server over a [`TcpListener`] whose connections can be drained.
 ///
@@ -58,8 +73,93 @@ pub struct Server<M> {
     listener: TcpListener,
     make: M,
     builder: auto::Builder<TokioExecutor>,
+    limits: ConnectionLimits,
     shared: Arc<Shared>,
     closed: ClosedOnDrop,
+}
+
+/// Metric names of the edge bounds (see the module docs).
+pub mod metric_names {
+    /// Counter: times accepting paused because `max_connections` were open.
+    pub const ACCEPT_PAUSED: &str = "palisade_server_accept_paused_total";
+    /// Counter: accept errors of the listener itself (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`), each followed by a short pause instead of a busy loop.
+    pub const ACCEPT_ERRORS: &str = "palisade_server_accept_errors_total";
+    /// Counter, label `reason` (`first_bytes`/`idle`): connections closed
+    /// by a [`ConnectionLimits`](super::ConnectionLimits) timer.
+    pub const TIMED_OUT: &str = "palisade_server_connections_timed_out_total";
+}
+
+/// Bounds on client connections; every bound is off by default.
+///
+/// - `max_connections`: at the cap the server stops accepting (new
+///   connections wait in the kernel's listen backlog, and are refused by the
+///   kernel once it is full) and resumes as soon as one closes. Each pause is
+///   counted.
+/// - `first_bytes_timeout`: a connection that has not sent a byte in time is
+///   closed. hyper-util's HTTP/1-or-HTTP/2 detection reads with no timer of
+///   its own, and HTTP/1's `header_read_timeout` only covers a request head
+///   once it has begun, so without this a silent socket is held forever.
+/// - `idle_timeout`: a connection with no request in flight and none started
+///   for this long is shut down gracefully (HTTP/1 closes when idle, HTTP/2
+///   gets a GOAWAY). Checked once per period, so a connection goes between
+///   one and two periods after its last request.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_shutdown::server::ConnectionLimits;
+///
+/// let limits = ConnectionLimits::new()
+///     .max_connections(10_000)
+///     .first_bytes_timeout(Duration::from_secs(30))
+///     .idle_timeout(Duration::from_secs(60));
+/// assert_eq!(limits.get_max_connections(), Some(10_000));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    max_connections: Option<usize>,
+    first_bytes_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl ConnectionLimits {
+    /// No bounds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most connections open at once (0 is treated as 1).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max.max(1));
+        self
+    }
+
+    /// Close a connection whose first byte has not arrived within `timeout`.
+    pub fn first_bytes_timeout(mut self, timeout: Duration) -> Self {
+        self.first_bytes_timeout = Some(timeout);
+        self
+    }
+
+    /// Shut down a connection gracefully after `timeout` without requests.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// The connection cap, if any.
+    pub fn get_max_connections(&self) -> Option<usize> {
+        self.max_connections
+    }
+
+    /// The first-bytes timeout, if any.
+    pub fn get_first_bytes_timeout(&self) -> Option<Duration> {
+        self.first_bytes_timeout
+    }
+
+    /// The idle timeout, if any.
+    pub fn get_idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
 }
 
 struct Shared {
@@ -72,6 +172,9 @@ struct Shared {
     graceful: AtomicU64,
     forced: AtomicU64,
     conns: TaskTracker,
+    /// Signalled whenever a connection closes, for an accept loop paused at
+    /// `max_connections`.
+    closed_one: Notify,
 }
 
 /// Cancels its token when dropped, i.e. when the listener is gone.
@@ -89,6 +192,9 @@ struct OpenGuard(Arc<Shared>);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        // A permit is stored when nobody waits, so a pause that begins right
+        // after this cannot miss it (the loop re-checks the count anyway).
+        self.0.closed_one.notify_one();
     }
 }
 
@@ -148,6 +254,7 @@ impl<M> Server<M> {
             listener,
             make,
             builder: auto::Builder::new(TokioExecutor::new()),
+            limits: ConnectionLimits::default(),
             shared: Arc::new(Shared {
                 stop: CancellationToken::new(),
                 listener_closed: listener_closed.clone(),
@@ -158,6 +265,7 @@ impl<M> Server<M> {
                 graceful: AtomicU64::new(0),
                 forced: AtomicU64::new(0),
                 conns: TaskTracker::new(),
+                closed_one: Notify::new(),
             }),
             closed: ClosedOnDrop(listener_closed),
         }
@@ -171,6 +279,12 @@ impl<M> Server<M> {
     /// Replaces the hyper-util builder (e.g. one made `http1_only()`).
     pub fn with_builder(mut self, builder: auto::Builder<TokioExecutor>) -> Self {
         self.builder = builder;
+        self
+    }
+
+    /// Bounds the connections: see [`ConnectionLimits`].
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -209,10 +323,16 @@ where
             listener,
             mut make,
             builder,
+            limits,
             shared,
             closed,
         } = self;
-        loop {
+        'accept: loop {
+            if let Some(max) = limits.max_connections
+                && !wait_below_cap(&shared, max).await
+            {
+                break 'accept;
+            }
             let accepted = tokio::select! {
                 biased;
                 () = shared.stop.cancelled() => break,
@@ -226,6 +346,7 @@ where
                     // retrying at once would spin.
                     if !is_connection_error(&error) {
                         tracing::warn!(%error, "accept failed");
+                        metrics::counter!(metric_names::ACCEPT_ERRORS).increment(1);
                         tokio::select! {
                             () = shared.stop.cancelled() => break,
                             () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -240,43 +361,190 @@ where
             let open = OpenGuard(shared.clone());
             let builder = builder.clone();
             let service = make.make(peer);
-            shared.conns.spawn(async move {
-                let shared = open.0.clone();
-                let conn =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let mut conn = pin!(conn);
-                let mut draining = false;
-                loop {
-                    tokio::select! {
-                        biased;
-                        result = conn.as_mut() => {
-                            if let Err(error) = result {
-                                tracing::debug!(error = %error, %peer, "connection ended with an error");
-                            }
-                            if draining {
-                                shared.graceful.fetch_add(1, Ordering::Relaxed);
-                                metrics::counter!(metric_names::CONNECTIONS_CLOSED, "how" => "graceful").increment(1);
-                            }
-                            break;
-                        }
-                        () = shared.force.cancelled() => {
-                            // Dropping the connection closes the socket.
-                            shared.forced.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!(metric_names::CONNECTIONS_CLOSED, "how" => "forced").increment(1);
-                            break;
-                        }
-                        () = shared.drain.cancelled(), if !draining => {
-                            draining = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-                drop(open);
-            });
+            shared
+                .conns
+                .spawn(serve(stream, peer, builder, service, limits, open));
         }
         drop(listener);
         drop(closed);
         tracing::info!("listener closed");
+    }
+}
+
+/// Waits until fewer than `max` connections are open; `false` when the
+/// server was told to stop meanwhile.
+async fn wait_below_cap(shared: &Shared, max: usize) -> bool {
+    if shared.open.load(Ordering::Acquire) < max {
+        return true;
+    }
+    metrics::counter!(metric_names::ACCEPT_PAUSED).increment(1);
+    tracing::warn!(
+        max_connections = max,
+        "connection cap reached, accepting paused"
+    );
+    while shared.open.load(Ordering::Acquire) >= max {
+        tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => return false,
+            () = shared.closed_one.notified() => {}
+        }
+    }
+    tracing::info!("below the connection cap, accepting again");
+    true
+}
+
+/// Waits for the connection's first byte; `false` if it did not come in
+/// time (or the peer closed first, or the server is being forced).
+async fn first_bytes(stream: &TcpStream, timeout: Duration, shared: &Shared) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        biased;
+        () = shared.force.cancelled() => false,
+        // Peeking leaves the byte for hyper's own detection read.
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match peeked {
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                metrics::counter!(metric_names::TIMED_OUT, "reason" => "first_bytes").increment(1);
+                false
+            }
+        },
+    }
+}
+
+/// Serves one connection until it ends, is drained, times out idle or is
+/// force-closed.
+async fn serve<H, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    service: H,
+    limits: ConnectionLimits,
+    open: OpenGuard,
+) where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let shared = open.0.clone();
+    if let Some(timeout) = limits.first_bytes_timeout
+        && !first_bytes(&stream, timeout, &shared).await
+    {
+        tracing::debug!(%peer, "no first bytes in time, connection closed");
+        return;
+    }
+    let activity = Arc::new(Activity::default());
+    let service = Tracked {
+        inner: service,
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut conn = pin!(conn);
+    let mut draining = false;
+    let idle_period = limits.idle_timeout.unwrap_or(Duration::MAX);
+    let idle = tokio::time::sleep(idle_period.min(Duration::from_secs(86_400 * 365)));
+    let mut idle = pin!(idle);
+    let mut started_at_check = 0;
+    loop {
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(error = %error, %peer, "connection ended with an error");
+                }
+                if draining {
+                    shared.graceful.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric_names_drain::CONNECTIONS_CLOSED, "how" => "graceful").increment(1);
+                }
+                break;
+            }
+            () = shared.force.cancelled() => {
+                // Dropping the connection closes the socket.
+                shared.forced.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric_names_drain::CONNECTIONS_CLOSED, "how" => "forced").increment(1);
+                break;
+            }
+            () = shared.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle.as_mut(), if limits.idle_timeout.is_some() && !draining => {
+                let started = activity.started.load(Ordering::Relaxed);
+                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                if busy || started != started_at_check {
+                    started_at_check = started;
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_period);
+                } else {
+                    tracing::debug!(%peer, "idle timeout, closing the connection");
+                    metrics::counter!(metric_names::TIMED_OUT, "reason" => "idle").increment(1);
+                    // Not `draining`: a drain started later still counts it.
+                    conn.as_mut().graceful_shutdown();
+                    idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+                }
+            }
+        }
+    }
+    drop(open);
+}
+
+/// What the idle timer reads: requests started and in flight on one
+/// connection. Relaxed is enough: both sides run on the connection's task.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// The connection's service, counting its requests for the idle timer.
+struct Tracked<H> {
+    inner: H,
+    activity: Arc<Activity>,
+}
+
+impl<H, R> hyper::service::Service<R> for Tracked<H>
+where
+    H: hyper::service::Service<R>,
+{
+    type Response = H::Response;
+    type Error = H::Error;
+    type Future = TrackedFuture<H::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: InFlight(self.activity.clone()),
+        }
+    }
+}
+
+/// Ends a request's in-flight count when its future is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// Response future of [`Tracked`].
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: InFlight,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }
 

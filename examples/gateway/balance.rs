@@ -1,0 +1,309 @@
+//! Layer 6: choosing the upstream ([`ChooseUpstream`]), following the
+//! circuit breakers.
+//!
+//! On the proxied path the choice and the breakers are one step: upstreams
+//! are taken round robin, and the first one in that order whose breaker
+//! grants a call ([`Breaker::try_acquire`]) gets the request, so an open
+//! breaker takes its upstream out of rotation at once and its share of the
+//! traffic goes to the others (a rejection costs no upstream call, so this
+//! needs no retry budget). Only when every breaker refuses is the request
+//! answered `503` with the `Retry-After` of the last refusal. Once an open
+//! breaker's wait is over, its next turn in the rotation is a half-open
+//! probe. The permit is recorded when the response head (or the error)
+//! arrives, classified by `breaker::UpstreamClassifier`; a cancelled call is
+//! neither success nor failure.
+//!
+//! Why round robin over breakers rather than tower's p2c balancer: see
+//! `docs/architecture.md` (measured there).
+//!
+//! Without breakers (the `[batch]` path, whose breaker layer sits below the
+//! choice) it is plain round robin.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+
+use http::Request;
+use http::uri::{Authority, Uri};
+use palisade::breaker::{Breaker, Classify, Permit, Rejected};
+use pin_project_lite::pin_project;
+use tower::{BoxError, Layer, Service};
+
+use crate::breaker::UpstreamClassifier;
+use crate::proxy::{ErrorChain, UpstreamErrorKind};
+use crate::telemetry::UpstreamMetrics;
+
+// === Upstream ===
+
+/// The upstream chosen for a request, set as a request extension by
+/// [`ChooseUpstream`]; `Proxy` moves it to the response extensions for the
+/// access log (only while the `gateway::access` target is enabled).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Position in the configured upstream list; stable key for
+    /// per-upstream state (a circuit breaker per upstream).
+    pub index: usize,
+    /// `host:port` the request is sent to.
+    pub authority: Authority,
+}
+
+/// The configured upstreams, shared by every clone of [`ChooseUpstream`].
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    next: AtomicUsize,
+}
+
+impl Upstreams {
+    /// Upstreams from validated base URIs (`http://host:port`).
+    pub fn new(uris: &[Uri]) -> Self {
+        let list = uris
+            .iter()
+            .enumerate()
+            .map(|(index, uri)| Upstream {
+                index,
+                authority: uri
+                    .authority()
+                    .cloned()
+                    .expect("validated upstream has an authority"),
+            })
+            .collect();
+        Self {
+            list,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstreams, in configuration order.
+    pub fn list(&self) -> &[Upstream] {
+        &self.list
+    }
+
+    /// The next position of the rotation; Relaxed is enough, the counter
+    /// orders nothing else.
+    fn next(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Requests chosen for so far (the rotation's counter; the retry budget
+    /// reads it).
+    pub fn requests(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
+    }
+}
+
+// === ChooseUpstreamLayer ===
+
+/// Layer that applies [`ChooseUpstream`].
+#[derive(Clone)]
+pub struct ChooseUpstreamLayer {
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<UpstreamMetrics>,
+    breakers: Option<Breakers>,
+}
+
+/// One breaker per upstream (by index) and how calls are classified.
+#[derive(Clone)]
+struct Breakers {
+    list: Arc<[Breaker]>,
+    classifier: UpstreamClassifier,
+}
+
+impl fmt::Debug for ChooseUpstreamLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChooseUpstreamLayer")
+            .field("upstreams", &self.upstreams.list.len())
+            .field("breakers", &self.breakers.is_some())
+            .finish()
+    }
+}
+
+impl ChooseUpstreamLayer {
+    /// Round robin over `upstreams` (must not be empty).
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<UpstreamMetrics>) -> Self {
+        assert!(!upstreams.list.is_empty(), "at least one upstream");
+        Self {
+            upstreams,
+            metrics,
+            breakers: None,
+        }
+    }
+
+    /// Round robin over the upstreams whose breaker admits the call:
+    /// `breakers[i]` guards upstream `i`.
+    pub fn with_breakers(mut self, breakers: Vec<Breaker>, classifier: UpstreamClassifier) -> Self {
+        assert_eq!(
+            breakers.len(),
+            self.upstreams.list.len(),
+            "one breaker per upstream"
+        );
+        self.breakers = Some(Breakers {
+            list: breakers.into(),
+            classifier,
+        });
+        self
+    }
+}
+
+impl<S> Layer<S> for ChooseUpstreamLayer {
+    type Service = ChooseUpstream<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ChooseUpstream {
+            inner,
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            breakers: self.breakers.clone(),
+        }
+    }
+}
+
+// === ChooseUpstream ===
+
+/// Picks the upstream (see the module docs) and records it as the
+/// [`Upstream`] request extension; counts and logs upstream failures of the
+/// layers below.
+#[derive(Clone)]
+pub struct ChooseUpstream<S> {
+    inner: S,
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<UpstreamMetrics>,
+    breakers: Option<Breakers>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ChooseUpstream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChooseUpstream")
+            .field("inner", &self.inner)
+            .field("breakers", &self.breakers.is_some())
+            .finish()
+    }
+}
+
+impl<S> ChooseUpstream<S> {
+    /// The upstream for the next request and its breaker permit, or the
+    /// last refusal when every breaker refuses.
+    fn choose(&self) -> Result<(usize, Option<Permit>), Rejected> {
+        let n = self.upstreams.list.len();
+        let start = self.upstreams.next();
+        let Some(breakers) = &self.breakers else {
+            return Ok((start % n, None));
+        };
+        let mut refused = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match breakers.list[i].try_acquire() {
+                Ok(permit) => return Ok((i, Some(permit))),
+                Err(rejected) => refused = Some(rejected),
+            }
+        }
+        Err(refused.expect("at least one upstream"))
+    }
+}
+
+impl<S, B> Service<Request<B>> for ChooseUpstream<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    UpstreamClassifier: Classify<S::Response, BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ChooseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (index, permit) = match self.choose() {
+            Ok(chosen) => chosen,
+            Err(rejected) => {
+                return ChooseFuture::Rejected {
+                    rejected: Some(rejected),
+                };
+            }
+        };
+        req.extensions_mut()
+            .insert(self.upstreams.list[index].clone());
+        ChooseFuture::Chosen {
+            inner: self.inner.call(req),
+            index,
+            permit,
+            classifier: self.breakers.as_ref().map(|b| b.classifier),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ChooseUpstream`]; dropping it unfinished
+    /// cancels the breaker permit (neither success nor failure).
+    #[project = ChooseProj]
+    pub enum ChooseFuture<F> {
+        /// Forwarded to upstream `index`.
+        Chosen {
+            #[pin]
+            inner: F,
+            index: usize,
+            permit: Option<Permit>,
+            classifier: Option<UpstreamClassifier>,
+            upstreams: Arc<Upstreams>,
+            metrics: Arc<UpstreamMetrics>,
+        },
+        /// Every breaker refused.
+        Rejected { rejected: Option<Rejected> },
+    }
+}
+
+impl<F> fmt::Debug for ChooseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Chosen { index, .. } => write!(f, "ChooseFuture::Chosen({index})"),
+            Self::Rejected { .. } => f.write_str("ChooseFuture::Rejected"),
+        }
+    }
+}
+
+impl<F, T, E> Future for ChooseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    UpstreamClassifier: Classify<T, BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ChooseProj::Chosen {
+                inner,
+                index,
+                permit,
+                classifier,
+                upstreams,
+                metrics,
+            } => {
+                let result = ready!(inner.poll(cx)).map_err(Into::into);
+                if let (Some(permit), Some(classifier)) = (permit.take(), classifier) {
+                    permit.record(classifier.classify(&result));
+                }
+                if let Err(e) = &result
+                    && let Some(kind) = UpstreamErrorKind::of(&**e)
+                {
+                    metrics.record(*index, kind);
+                    let upstream = &upstreams.list[*index].authority;
+                    tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&**e), "upstream request failed");
+                }
+                Poll::Ready(result)
+            }
+            ChooseProj::Rejected { rejected } => Poll::Ready(Err(rejected
+                .take()
+                .expect("ChooseFuture polled after completion")
+                .into())),
+        }
+    }
+}

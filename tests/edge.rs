@@ -1,0 +1,470 @@
+//! End-to-end tests of the gateway's edge (issue 11): silent sockets, the
+//! connection cap, the in-flight cap, request body limits, balancing that
+//! follows the breakers and stale upstream keep-alive connections. The real
+//! gateway binary, real sockets, short configured timeouts, every wait
+//! bounded.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Gateway, assert_config_rejected, get, metric, metric_with, scrape, wait_for_metric};
+use http::StatusCode;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bounds every single wait of these tests; no assertion depends on it.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .count()
+}
+
+/// Polls `check` every 10 ms until it holds; panics with `what` after
+/// [`BOUND`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads from `stream` until a whole response head has arrived and returns
+/// it (bounded by [`BOUND`]).
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(BOUND, async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.expect("read response");
+            assert!(n > 0, "closed before a response head: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a response head in time");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A `GET /` on a new raw connection, its response read (keep-alive).
+async fn served_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_after_the_first_bytes_timeout() {
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        "[server]\nfirst_bytes_timeout = \"300ms\"\n",
+    );
+    // Warm: the upstream keep-alive connection exists before the baseline.
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    let baseline = open_fds(gw.pid());
+
+    let mut silent = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        silent.push(TcpStream::connect(gw.addr).await.expect("connect"));
+    }
+    // The gateway still serves while they are open (or being closed).
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+
+    // Every silent socket is closed by the gateway: end of stream.
+    for s in &mut silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(BOUND, s.read(&mut byte))
+            .await
+            .expect("closed in time");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    drop(silent);
+    wait_for_metric(
+        &gw,
+        "palisade_server_connections_timed_out_total",
+        r#"reason="first_bytes""#,
+        1000.0,
+    )
+    .await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    eventually("the gateway's fd count returns to its baseline", || {
+        open_fds(gw.pid()) <= baseline
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn at_max_connections_the_next_connection_waits_until_one_closes() {
+    let gw = Gateway::start_with_config(&["--no-access-log"], "[server]\nmax_connections = 2\n");
+    let first = served_connection(gw.addr).await;
+    let second = served_connection(gw.addr).await;
+
+    // The third connects (the kernel's backlog) but is not served...
+    let mut third = TcpStream::connect(gw.addr).await.expect("connect");
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte))
+            .await
+            .is_err(),
+        "served above max_connections"
+    );
+    // ... until one of the first two closes.
+    drop(first);
+    let head = read_head(&mut third).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop((second, third));
+
+    // Paused once with the first two open, once more after the third was
+    // accepted in the first one's place; the scrape's own connection may
+    // find the cap reached once more if it arrives before the gateway has
+    // seen the other two close.
+    let m = scrape(&gw).await;
+    let paused = metric(&m, "palisade_server_accept_paused_total", "");
+    assert!((2.0..=3.0).contains(&paused), "paused {paused} times");
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn excess_requests_are_shed_with_503_and_admitted_ones_succeed() {
+    let gw = Gateway::start_with_config(&["--no-access-log"], "[server]\nmax_in_flight = 2\n");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = gw.url("/delay/1500");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 2.0).await;
+    for _ in 0..10 {
+        let reply = tokio::time::timeout(BOUND, get(&gw.url("/")))
+            .await
+            .expect("shed at once");
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.header("retry-after"), "1");
+        assert_eq!(reply.text(), "overloaded\n");
+    }
+    for task in slow {
+        let reply = tokio::time::timeout(BOUND, task)
+            .await
+            .expect("admitted in time")
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "delayed 1500ms\n");
+    }
+    let m = scrape(&gw).await;
+    assert_eq!(metric(&m, "gateway_shed_total", ""), 10.0);
+    // The slots came back.
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+}
+
+/// Every `gateway_upstream_errors_total` sample, summed.
+fn upstream_errors(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_upstream_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_413_a_stalled_upload_408_neither_charged_to_the_upstream() {
+    // One failure would open the breaker: a 200 at the end proves none was
+    // counted.
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        r#"
+[server]
+max_request_body = 1000
+body_timeout = "300ms"
+[breaker]
+consecutive_failures = 1
+wait_duration = "60s"
+"#,
+    );
+    // A declared length over the cap: 413 before any body byte is sent.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nhost: gw\r\ncontent-length: 2000\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // A chunked body growing past the cap, to an upstream that reads it all.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut raw =
+        b"POST /sink HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5dc\r\n".to_vec();
+    raw.extend_from_slice(&[b'x'; 1500]);
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    s.write_all(&raw).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // Under the cap it goes through.
+    let reply = common::send(
+        http::Request::post(gw.url("/sink"))
+            .body(Full::new(Bytes::from(vec![b'y'; 1000])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "received 1000 bytes\n");
+
+    // An upload that stops: 408 after the body timeout.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+
+    // Nothing was the upstream's fault.
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    let m = scrape(&gw).await;
+    assert_eq!(upstream_errors(&m), 0.0, "{m}");
+    assert_eq!(
+        metric_with(
+            &m,
+            "palisade_breaker_calls_total",
+            &[("breaker", "upstream/0"), ("outcome", "failure")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "palisade_breaker_state", r#"breaker="upstream/0""#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn an_open_breaker_takes_its_upstream_out_of_rotation() {
+    let failing = Gateway::start_with_config(
+        &["--demo-upstream-only", "--no-access-log"],
+        "[demo]\nerror_rate = 1.0\n",
+    );
+    let healthy = Gateway::start(&["--demo-upstream-only", "--no-access-log"]);
+    let (uf, uh) = (
+        format!("http://{}", failing.addr),
+        format!("http://{}", healthy.addr),
+    );
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &uf, "--upstream", &uh],
+        "[breaker]\nconsecutive_failures = 3\nwait_duration = \"60s\"\n",
+    );
+    // Round robin: the failing upstream answers 500 until its breaker has
+    // seen 3 failures in a row.
+    let mut failures = 0;
+    for _ in 0..6 {
+        match get(&gw.url("/echo")).await.status {
+            StatusCode::INTERNAL_SERVER_ERROR => failures += 1,
+            status => assert_eq!(status, StatusCode::OK),
+        }
+    }
+    assert_eq!(failures, 3);
+    let m = scrape(&gw).await;
+    assert_eq!(
+        metric(&m, "palisade_breaker_state", r#"breaker="upstream/0""#),
+        1.0,
+        "open"
+    );
+    // From now on every request goes to the healthy one.
+    let healthy_addr = healthy.addr.to_string();
+    for i in 0..100 {
+        let reply = get(&gw.url("/echo")).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.header("x-echo-served-by"), healthy_addr);
+    }
+}
+
+/// An HTTP/1.1 upstream that answers `ok` and closes a keep-alive
+/// connection idle for 1 s, as Node's default (5 s) does, only sooner.
+async fn closing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Wait for the next request head, at most 1 s.
+                    let head = tokio::time::timeout(Duration::from_secs(1), async {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return false,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        true
+                    })
+                    .await;
+                    if head != Ok(true) {
+                        return; // idle too long (or closed): drop the socket
+                    }
+                    buf.clear();
+                    let res = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if s.write_all(res).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn requests_spaced_past_the_upstreams_keep_alive_never_hit_a_stale_connection() {
+    let upstream = closing_upstream().await;
+    let gw = Gateway::start(&[
+        "--no-access-log",
+        "--upstream",
+        &format!("http://{upstream}"),
+    ]);
+    // 20 client connections, 10 requests each, 1.1 s apart: every reuse of
+    // an upstream connection comes after the upstream closed it.
+    let client = common::client::<Full<Bytes>>();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            let url: http::Uri = gw.url("/").parse().unwrap();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..10 {
+                    let res = tokio::time::timeout(BOUND, client.get(url.clone()))
+                        .await
+                        .expect("answered in time")
+                        .expect("request");
+                    statuses.push(res.status());
+                    let _ = common::read(res).await;
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        for status in task.await.unwrap() {
+            assert_eq!(status, StatusCode::OK);
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 200);
+    let m = scrape(&gw).await;
+    assert_eq!(upstream_errors(&m), 0.0, "{m}");
+}
+
+#[test]
+fn edge_keys_are_validated_at_start_up() {
+    assert_config_rejected(
+        "[server]\nheader_read_timeout = \"0\"\n",
+        "server.header_read_timeout",
+    );
+    assert_config_rejected(
+        "[server]\nfirst_bytes_timeout = \"0\"\n",
+        "server.first_bytes_timeout",
+    );
+    assert_config_rejected("[server]\nidle_timeout = \"0\"\n", "server.idle_timeout");
+    assert_config_rejected("[server]\nbody_timeout = \"0\"\n", "server.body_timeout");
+    assert_config_rejected("[server]\nmax_connections = 0\n", "server.max_connections");
+    assert_config_rejected("[server]\nmax_in_flight = 0\n", "server.max_in_flight");
+    assert_config_rejected(
+        "[server]\nmax_request_body = 0\n",
+        "server.max_request_body",
+    );
+    assert_config_rejected(
+        "[server]\nhttp2_max_concurrent_streams = 0\n",
+        "server.http2_max_concurrent_streams",
+    );
+    assert_config_rejected("[server]\nworkers = 100000\n", "server.workers");
+    assert_config_rejected(
+        "[upstream]\npool_idle_timeout = \"0\"\n",
+        "upstream.pool_idle_timeout",
+    );
+    // The pattern sections are part of the same pass.
+    assert_config_rejected("[cpu]\nthreads = 0\n", "cpu.threads");
+    assert_config_rejected("[access_log]\nbatch = 0\n", "access_log.batch");
+}
+
+/// A port nothing listens on (bound, then released).
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_retried_on_another_upstream_within_the_budget() {
+    let healthy = Gateway::start(&["--demo-upstream-only", "--no-access-log"]);
+    let dead = format!("http://127.0.0.1:{}", refused_port());
+    let uh = format!("http://{}", healthy.addr);
+    // Budget: 3 retries per (long) window and no share of the traffic; the
+    // breaker stays closed (20 calls before the rate counts).
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &dead, "--upstream", &uh],
+        r#"
+[upstream]
+retry_budget_ratio = 0.0
+retry_budget_min = 3
+retry_budget_window = "1h"
+"#,
+    );
+    // Round robin: 5 of 10 requests are sent to the dead upstream first;
+    // 3 of those are retried on the healthy one, the other 2 are 502.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(&gw.url("/")).await.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let bad = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_GATEWAY)
+        .count();
+    assert_eq!((ok, bad), (8, 2), "{statuses:?}");
+    let m = scrape(&gw).await;
+    let retries = |outcome: &str| {
+        metric(
+            &m,
+            "gateway_upstream_retries_total",
+            &format!(r#"outcome="{outcome}""#),
+        )
+    };
+    assert_eq!(retries("retried"), 3.0);
+    assert_eq!(retries("budget_exhausted"), 2.0);
+    // Every refused connect counts against the dead upstream, retried or not.
+    assert_eq!(
+        metric_with(
+            &m,
+            "palisade_breaker_calls_total",
+            &[("breaker", "upstream/0"), ("outcome", "failure")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_with(
+            &m,
+            "gateway_upstream_errors_total",
+            &[("upstream", &dead["http://".len()..]), ("kind", "connect")]
+        ),
+        5.0
+    );
+}
