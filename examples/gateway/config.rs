@@ -95,6 +95,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Runtime worker threads; 0 = the CPUs this process may run on.
     pub workers: usize,
+    /// How the workers are run: `"multi-thread"` (one work-stealing
+    /// runtime) or `"thread-per-core"` (one runtime and `SO_REUSEPORT`
+    /// listener per worker); see `workers.rs`.
+    pub runtime: crate::workers::RuntimeMode,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: ConfigDuration,
     /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
+            runtime: crate::workers::RuntimeMode::default(),
             shutdown_timeout: ConfigDuration::from_secs(30),
             http2: true,
             header_read_timeout: ConfigDuration::from_secs(30),
@@ -438,6 +443,9 @@ pub struct Cli {
     /// Runtime worker threads, 0 = available CPUs (`server.workers`).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Worker model: multi-thread or thread-per-core (`server.runtime`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub runtime: Option<crate::workers::RuntimeMode>,
     /// Disable the per-request access log (`log.access_log = false`).
     #[arg(long)]
     pub no_access_log: bool,
@@ -472,6 +480,9 @@ impl Cli {
         }
         if let Some(w) = self.workers {
             config.server.workers = w;
+        }
+        if let Some(r) = self.runtime {
+            config.server.runtime = r;
         }
         if self.no_access_log {
             config.log.access_log = false;

@@ -34,6 +34,7 @@ mod shutdown;
 mod stack;
 mod telemetry;
 mod upstream;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,8 +44,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Uri;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use palisade_shutdown::server::Server;
 use palisade_shutdown::{Drain, Shutdown};
 use tokio::net::TcpListener;
@@ -72,11 +71,12 @@ fn main() -> ExitCode {
     // One worker (pinned to one CPU, or `--workers 1`): the current-thread
     // scheduler, which skips the work-stealing machinery a single worker
     // cannot use (measurably less CPU per request, docs/benchmarks.md).
-    let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let mut runtime = if workers == 1 {
+    let workers = workers::count(&config);
+    // Thread-per-core: the worker threads have their own runtimes
+    // (`workers.rs`); the main one runs the coordinator and background tasks.
+    let per_core =
+        config.server.runtime == workers::RuntimeMode::ThreadPerCore && !cli.demo_upstream_only;
+    let mut runtime = if workers == 1 || per_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -209,36 +209,39 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         hedge,
         config,
     };
-    let stack = stack::build(&shared);
     let config = &shared.config;
-
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr()?;
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout.get())
-        // One flat write buffer per response instead of a writev of head +
-        // body chunks: fewer instructions per small response (hyper's queue
-        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    if !config.server.http2 {
-        builder = builder.http1_only();
-    }
-
-    // Accepts HTTP/1 and HTTP/2, each connection on its own task, until the
-    // shutdown's stop-accepting phase; its drain phase closes them.
-    let server = Server::from_fn(listener, move |peer| {
-        request_metrics.connection_accepted();
-        ConnectionService::new(stack.clone(), peer)
-    })
-    .with_builder(builder);
-    let connections = server.handle();
+    let builder = workers::http_builder(config);
+    let (addr, connections, workers) = match config.server.runtime {
+        workers::RuntimeMode::MultiThread => {
+            let stack = stack::build(&shared);
+            let listener = TcpListener::bind(config.server.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+            let addr = listener.local_addr()?;
+            // Accepts HTTP/1 and HTTP/2, each connection on its own task,
+            // until the shutdown's stop-accepting phase; its drain phase
+            // closes them.
+            let server = Server::from_fn(listener, move |peer| {
+                request_metrics.connection_accepted();
+                ConnectionService::new(stack.clone(), peer)
+            })
+            .with_builder(builder);
+            let connections = vec![server.handle()];
+            tokio::spawn(server.run());
+            (addr, connections, None)
+        }
+        workers::RuntimeMode::ThreadPerCore => {
+            // One stack per worker: its own upstream pools, the policy state
+            // (limiter, breakers, drain) shared through the layers' Arcs.
+            let stacks = (0..workers::count(config))
+                .map(|_| stack::build(&shared))
+                .collect();
+            let w =
+                workers::Workers::start(config.server.listen, stacks, &builder, &request_metrics)
+                    .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+            (w.addr, w.handles.clone(), Some(w))
+        }
+    };
     shutdown::register(
         &coordinator,
         config,
@@ -252,10 +255,12 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             backends,
         },
     )?;
-    tokio::spawn(server.run());
     tracing::info!("listening on http://{addr}");
 
     let outcome = coordinator.run().await;
+    if let Some(workers) = workers {
+        workers.join();
+    }
     Ok(shutdown::finish(&outcome))
 }
 
