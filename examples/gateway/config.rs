@@ -452,6 +452,10 @@ pub struct Cli {
     /// Serve only the demo upstream on `--listen` (a benchmark upstream).
     #[arg(long)]
     pub demo_upstream_only: bool,
+    /// Benchmark floor: forward to `--upstream` with the gateway's listener,
+    /// pools and forwarding code but no policy layer (`bare.rs`).
+    #[arg(long, conflicts_with = "demo_upstream_only")]
+    pub bare: bool,
 }
 
 impl Cli {

@@ -19,6 +19,7 @@
 #![allow(unreachable_pub)]
 
 mod access_log;
+mod bare;
 mod batch;
 mod body;
 mod breaker;
@@ -93,6 +94,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         if cli.demo_upstream_only {
             run_demo_upstream_only(&config).await.map(|()| 0)
+        } else if cli.bare {
+            bare::run(config, upstreams).await
         } else {
             run(config, upstreams).await
         }

@@ -24,7 +24,6 @@
 //!
 //! `docs/benchmarks.md` has the measurements behind the default.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -43,7 +42,7 @@ use serde::Deserialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::{BoxError, Service};
 
 use crate::body::Body;
 use crate::config::Config;
@@ -124,7 +123,7 @@ impl Workers {
         metrics: &Arc<RequestMetrics>,
     ) -> io::Result<Self>
     where
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        S: Service<Request<Incoming>, Response = Response<Body>, Error: Into<BoxError>>
             + Clone
             + Send
             + 'static,
