@@ -50,6 +50,8 @@ pub struct Config {
     pub cpu: crate::cpu::CpuConfig,
     /// `[access_log]`: the access log on a pipeline (palisade-pipeline).
     pub access_log: crate::access_log::AccessLogConfig,
+    /// `[stack]`: which optional layers are built (benchmarks; `switch.rs`).
+    pub stack: crate::switch::StackConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

@@ -33,6 +33,7 @@ mod routes;
 mod scatter;
 mod shutdown;
 mod stack;
+mod switch;
 mod telemetry;
 mod upstream;
 mod workers;

@@ -70,6 +70,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
 use crate::routes::BuiltinRoutesLayer;
+use crate::switch::LayerName;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
 
 /// What the stack is built from, created once at start-up.
@@ -115,23 +116,30 @@ pub fn build(
 + Sync
 + 'static {
     let config = &shared.config;
+    // `[stack] layers` (switch.rs) may leave optional layers out, for
+    // per-layer benchmarks; by default every layer is built.
+    let layers = &config.stack;
     ServiceBuilder::new()
-        .layer(shared.telemetry.clone())
-        .layer(shared.routes.clone())
+        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
         .layer(ErrorResponseLayer)
-        .layer(shared.drain.layer())
-        .layer(shared.ratelimit.clone())
-        .layer(shared.scatter.clone())
-        .layer(ItemsRouteLayer::new(
-            shared.items.as_ref().map(|items| items.batch.clone()),
+        .layer(layers.switch(LayerName::Drain, shared.drain.layer()))
+        .layer(layers.switch(LayerName::Ratelimit, shared.ratelimit.clone()))
+        .layer(layers.switch(LayerName::Scatter, shared.scatter.clone()))
+        .layer(layers.switch(
+            LayerName::Batch,
+            ItemsRouteLayer::new(shared.items.as_ref().map(|items| items.batch.clone())),
         ))
-        .layer(shared.hedge.clone())
+        .layer(layers.switch(LayerName::Hedge, shared.hedge.clone()))
         .layer(ChooseUpstreamLayer::new(
             shared.upstreams.clone(),
             shared.upstream_metrics.clone(),
         ))
-        .layer(shared.breaker.clone())
-        .layer(TimeoutLayer::new(config.upstream.timeout.get()))
+        .layer(layers.switch(LayerName::Breaker, shared.breaker.clone()))
+        .layer(layers.switch(
+            LayerName::Timeout,
+            TimeoutLayer::new(config.upstream.timeout.get()),
+        ))
         .service(Proxy::new(&shared.upstreams, &config.upstream))
 }
 
