@@ -100,6 +100,10 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Connections accepted per worker (label `worker`, 0-based): how evenly
+/// the kernel spreads connections over the `SO_REUSEPORT` listeners.
+pub const WORKER_CONNECTIONS: &str = "gateway_worker_connections_total";
+
 /// The running workers of the thread-per-core mode.
 #[derive(Debug)]
 pub struct Workers {
@@ -136,12 +140,17 @@ impl Workers {
         for _ in 1..n {
             listeners.push(reuseport_listener(addr)?);
         }
+        metrics::describe_counter!(
+            WORKER_CONNECTIONS,
+            "Client connections accepted, by worker (thread-per-core mode)."
+        );
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for (i, (std_listener, stack)) in listeners.into_iter().zip(stacks).enumerate() {
             let builder = builder.clone();
             let metrics = metrics.clone();
+            let accepted = metrics::counter!(WORKER_CONNECTIONS, "worker" => i.to_string());
             let stop = stop.clone();
             let (tx, rx) = mpsc::sync_channel::<io::Result<ServerHandle>>(1);
             let thread = thread::Builder::new()
@@ -167,6 +176,7 @@ impl Workers {
                         };
                         let server = Server::from_fn(listener, move |peer| {
                             metrics.connection_accepted();
+                            accepted.increment(1);
                             ConnectionService::new(stack.clone(), peer)
                         })
                         .with_builder(builder);
