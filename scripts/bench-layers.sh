@@ -12,6 +12,9 @@
 # MODE=wrk: the same targets natively, proxy and upstream on PROXY_CPU, wrk
 # on WRK_CPU, CPU µs per request from /proc (as bench-proxy.sh).
 #
+# Extra targets (not in the default list, name them in ONLY): full-mt2 and
+# full-tpc2, the full stack with 2 workers in each runtime mode.
+#
 # Usage: scripts/bench-layers.sh [duration=5s] [connections=32] [rounds=1]
 # Env:   MODE, WARMUP (default 3s), PROXY_CPU (1), WRK_CPU (0),
 #        PORT_BASE (default 18180), ONLY (space-separated target names).
@@ -84,6 +87,10 @@ args_of() {
   local a=(--workers 1 --listen "127.0.0.1:$GW_PORT" --upstream "$UP")
   case $t in
     bare) a+=(--bare --no-access-log) ;;
+    # The two ways to run 2 workers (valgrind runs the threads one at a
+    # time, so this counts instructions, not parallelism).
+    full-mt2) a=(--workers 2 --runtime multi-thread "${a[@]:2}" --no-access-log --config "$WORK/full.toml") ;;
+    full-tpc2) a=(--workers 2 --runtime thread-per-core "${a[@]:2}" --no-access-log --config "$WORK/full.toml") ;;
     access_log) a+=(--config "$WORK/$t.toml") ;;
     # Hedging needs somewhere to hedge to: the same upstream twice.
     hedge) a+=(--upstream "$UP" --no-access-log --config "$WORK/$t.toml") ;;
@@ -97,6 +104,8 @@ describe() {
     bare) echo "bare forwarder (--bare)" ;;
     none) echo "stack, no optional layer" ;;
     full) echo "full stack (limits configured)" ;;
+    full-mt2) echo "full stack, 2 workers, multi-thread" ;;
+    full-tpc2) echo "full stack, 2 workers, thread-per-core" ;;
     access_log) echo "+ telemetry + access log (pipeline)" ;;
     *) echo "+ $1 alone" ;;
   esac

@@ -1,7 +1,8 @@
 # Shared by scripts/bench-*.sh (sourced, not run): tool installation, port
 # waits, CPU accounting from /proc and one bounded wrk measurement per call.
 # Expects DURATION, CONNS, WRK_CPU (empty: unpinned) and WORK (a temp dir)
-# to be set by the caller.
+# to be set by the caller. Env: GATEWAY (a gateway binary to use as is),
+# WRK_THREADS (default 1), PATH_UNDER_TEST (default /).
 
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -19,9 +20,12 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
 HAPROXY_VERSION=$("$HAPROXY" -v | awk 'NR==1 {print $3}' | cut -d- -f1)
 
-cargo build --release --quiet --example gateway
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-GATEWAY=${GATEWAY:-$TARGET_DIR/release/examples/gateway}
+# GATEWAY=path measures a given binary (an older build, for before/after in
+# one run) instead of building the current one.
+if [ -z "${GATEWAY:-}" ]; then
+  cargo build --release --quiet --example gateway
+  GATEWAY=${CARGO_TARGET_DIR:-target}/release/examples/gateway
+fi
 HZ=$(getconf CLK_TCK)
 
 PIDS=()

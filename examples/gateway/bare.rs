@@ -42,7 +42,7 @@ pub async fn run(config: Config, upstreams: Vec<Uri>) -> Result<u8, BoxError> {
             .layer(Proxy::new(&upstreams, &config.upstream))
     };
     let builder = workers::http_builder(&config);
-    let (addr, handles, workers) = match config.server.runtime {
+    let (addr, handles, workers) = match workers::mode(&config) {
         RuntimeMode::MultiThread => {
             let listener = TcpListener::bind(config.server.listen)
                 .await

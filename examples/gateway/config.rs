@@ -97,9 +97,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Runtime worker threads; 0 = the CPUs this process may run on.
     pub workers: usize,
-    /// How the workers are run: `"multi-thread"` (one work-stealing
-    /// runtime) or `"thread-per-core"` (one runtime and `SO_REUSEPORT`
-    /// listener per worker); see `workers.rs`.
+    /// How the workers are run: `"thread-per-core"` (default: one runtime
+    /// and `SO_REUSEPORT` listener per worker) or `"multi-thread"` (one
+    /// work-stealing runtime); see `workers.rs`.
     pub runtime: crate::workers::RuntimeMode,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: ConfigDuration,

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     // Thread-per-core: the worker threads have their own runtimes
     // (`workers.rs`); the main one runs the coordinator and background tasks.
     let per_core =
-        config.server.runtime == workers::RuntimeMode::ThreadPerCore && !cli.demo_upstream_only;
+        workers::mode(&config) == workers::RuntimeMode::ThreadPerCore && !cli.demo_upstream_only;
     let mut runtime = if workers == 1 || per_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -215,7 +215,7 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     };
     let config = &shared.config;
     let builder = workers::http_builder(config);
-    let (addr, connections, workers) = match config.server.runtime {
+    let (addr, connections, workers) = match workers::mode(config) {
         workers::RuntimeMode::MultiThread => {
             let stack = stack::build(&shared);
             let listener = TcpListener::bind(config.server.listen)

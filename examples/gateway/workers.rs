@@ -49,15 +49,18 @@ use crate::config::Config;
 use crate::stack::ConnectionService;
 use crate::telemetry::RequestMetrics;
 
-/// How the gateway uses its `server.workers` cores.
+/// How the gateway uses its `server.workers` cores. The default is
+/// thread-per-core: with 2 workers it spent less CPU per request than the
+/// multi-thread runtime in every measured round (`scripts/bench-scale.sh`,
+/// docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeMode {
     /// One multi-thread runtime, one listener (work stealing).
-    #[default]
     MultiThread,
     /// One current-thread runtime per worker, each on its own
     /// `SO_REUSEPORT` listener.
+    #[default]
     ThreadPerCore,
 }
 
@@ -67,6 +70,17 @@ pub fn count(config: &Config) -> usize {
     match config.server.workers {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
+    }
+}
+
+/// The mode actually run: with one worker both modes are the same single
+/// current-thread runtime, served on the main thread (the multi-thread
+/// path), so there is no extra thread.
+pub fn mode(config: &Config) -> RuntimeMode {
+    if count(config) == 1 {
+        RuntimeMode::MultiThread
+    } else {
+        config.server.runtime
     }
 }
 
