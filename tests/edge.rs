@@ -106,7 +106,10 @@ async fn silent_sockets_are_closed_after_the_first_bytes_timeout() {
 
 #[tokio::test]
 async fn at_max_connections_the_next_connection_waits_until_one_closes() {
-    let gw = Gateway::start_with_config(&["--no-access-log"], "[server]\nmax_connections = 2\n");
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        "[server]\nmax_connections = 2\n# exact: one listener (thread-per-core splits the cap per worker)\nruntime = \"multi-thread\"\n",
+    );
     let first = served_connection(gw.addr).await;
     let second = served_connection(gw.addr).await;
 

@@ -34,12 +34,19 @@ pub struct Cli {
     /// Runtime worker threads, 0 = available CPUs (`server.workers`).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Worker model: multi-thread or thread-per-core (`server.runtime`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub runtime: Option<crate::workers::RuntimeMode>,
     /// Disable the per-request access log (`log.access_log = false`).
     #[arg(long)]
     pub no_access_log: bool,
     /// Serve only the demo upstream on `--listen` (a benchmark upstream).
     #[arg(long)]
     pub demo_upstream_only: bool,
+    /// Benchmark floor: forward to `--upstream` with the gateway's listener,
+    /// pools and forwarding code but no policy layer (`bare.rs`).
+    #[arg(long, conflicts_with = "demo_upstream_only")]
+    pub bare: bool,
 }
 
 impl Cli {
@@ -77,6 +84,9 @@ impl Cli {
         }
         if let Some(w) = self.workers {
             config.server.workers = w;
+        }
+        if let Some(r) = self.runtime {
+            config.server.runtime = r;
         }
         if self.no_access_log {
             config.log.access_log = false;

@@ -53,6 +53,8 @@ pub struct Config {
     pub cpu: crate::cpu::CpuConfig,
     /// `[access_log]`: the access log on a pipeline (palisade-pipeline).
     pub access_log: crate::access_log::AccessLogConfig,
+    /// `[stack]`: which optional layers are built (benchmarks; `switch.rs`).
+    pub stack: crate::switch::StackConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see
@@ -98,6 +100,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Runtime worker threads; 0 = the CPUs this process may run on.
     pub workers: usize,
+    /// How the workers are run: `"thread-per-core"` (default: one runtime
+    /// and `SO_REUSEPORT` listener per worker) or `"multi-thread"` (one
+    /// work-stealing runtime); see `workers.rs`.
+    pub runtime: crate::workers::RuntimeMode,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: ConfigDuration,
     /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
@@ -142,6 +148,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
+            runtime: crate::workers::RuntimeMode::default(),
             shutdown_timeout: ConfigDuration::from_secs(30),
             http2: true,
             header_read_timeout: ConfigDuration::from_secs(30),

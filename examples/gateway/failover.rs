@@ -44,7 +44,7 @@ pub struct Failover {
     classifier: UpstreamClassifier,
     breakers: Arc<[Breaker]>,
     metrics: Arc<UpstreamMetrics>,
-    budget: RetryBudget,
+    budget: Arc<RetryBudget>,
     retried: metrics::Counter,
     exhausted: metrics::Counter,
 }
@@ -91,13 +91,28 @@ impl Failover {
             classifier,
             breakers: breakers.into(),
             metrics,
-            budget: RetryBudget::new(
+            budget: Arc::new(RetryBudget::new(
                 config.retry_budget_ratio,
                 config.retry_budget_min,
                 config.retry_budget_window.get(),
-            ),
+            )),
             retried: metrics::counter!(RETRIES_TOTAL, "outcome" => "retried"),
             exhausted: metrics::counter!(RETRIES_TOTAL, "outcome" => "budget_exhausted"),
+        }
+    }
+
+    /// The same failover (one retry budget, the same breakers) over other
+    /// pools: a thread-per-core worker's own (`workers.rs`).
+    pub fn with_pools(&self, pools: Arc<[Arc<HostPool>]>) -> Self {
+        Self {
+            upstreams: self.upstreams.clone(),
+            pools,
+            classifier: self.classifier,
+            breakers: self.breakers.clone(),
+            metrics: self.metrics.clone(),
+            budget: self.budget.clone(),
+            retried: self.retried.clone(),
+            exhausted: self.exhausted.clone(),
         }
     }
 

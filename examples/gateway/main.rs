@@ -24,6 +24,7 @@
 
 mod access_log;
 mod balance;
+mod bare;
 mod batch;
 mod body;
 mod breaker;
@@ -43,9 +44,11 @@ mod scatter;
 mod shed;
 mod shutdown;
 mod stack;
+mod switch;
 mod telemetry;
 mod upstream;
 mod upstream_timeout;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,9 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use palisade_shutdown::server::{ConnectionLimits, Server};
+use palisade_shutdown::server::Server;
 use palisade_shutdown::{Drain, Shutdown};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -88,11 +89,12 @@ fn main() -> ExitCode {
     // One worker (pinned to one CPU, or `--workers 1`): the current-thread
     // scheduler, which skips the work-stealing machinery a single worker
     // cannot use (measurably less CPU per request, docs/benchmarks.md).
-    let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let mut runtime = if workers == 1 {
+    let workers = workers::count(&config);
+    // Thread-per-core: the worker threads have their own runtimes
+    // (`workers.rs`); the main one runs the coordinator and background tasks.
+    let per_core =
+        workers::mode(&config) == workers::RuntimeMode::ThreadPerCore && !cli.demo_upstream_only;
+    let mut runtime = if workers == 1 || per_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -109,6 +111,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         if cli.demo_upstream_only {
             run_demo_upstream_only(&config).await.map(|()| 0)
+        } else if cli.bare {
+            bare::run(config).await
         } else {
             run(config).await
         }
@@ -242,24 +246,46 @@ async fn run(config: Config) -> Result<u8, BoxError> {
         hedge,
         config,
     };
-    let stack = stack::build(&shared);
     let config = &shared.config;
-
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr()?;
-
-    let builder = connection_builder(config);
-    // Accepts HTTP/1 and HTTP/2, each connection on its own task, until the
-    // shutdown's stop-accepting phase; its drain phase closes them.
-    let server = Server::from_fn(listener, move |peer| {
-        request_metrics.connection_accepted();
-        ConnectionService::new(stack.clone(), peer)
-    })
-    .with_builder(builder)
-    .with_limits(connection_limits(config));
-    let connections = server.handle();
+    let builder = workers::http_builder(config);
+    let limits = workers::connection_limits(config);
+    let (addr, connections, workers) = match workers::mode(config) {
+        workers::RuntimeMode::MultiThread => {
+            let stack = stack::build(&shared);
+            let listener = TcpListener::bind(config.server.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+            let addr = listener.local_addr()?;
+            // Accepts HTTP/1 and HTTP/2, each connection on its own task,
+            // until the shutdown's stop-accepting phase; its drain phase
+            // closes them.
+            let server = Server::from_fn(listener, move |peer| {
+                request_metrics.connection_accepted();
+                ConnectionService::new(stack.clone(), peer)
+            })
+            .with_builder(builder)
+            .with_limits(limits);
+            let connections = vec![server.handle()];
+            tokio::spawn(server.run());
+            (addr, connections, None)
+        }
+        workers::RuntimeMode::ThreadPerCore => {
+            // One stack per worker: its own upstream pools, the policy state
+            // (limiter, breakers, drain) shared through the layers' Arcs.
+            let stacks = (0..workers::count(config))
+                .map(|_| stack::build(&shared))
+                .collect();
+            let w = workers::Workers::start(
+                config.server.listen,
+                stacks,
+                &builder,
+                limits,
+                &request_metrics,
+            )
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+            (w.addr, w.handles.clone(), Some(w))
+        }
+    };
     shutdown::register(
         &coordinator,
         config,
@@ -273,44 +299,13 @@ async fn run(config: Config) -> Result<u8, BoxError> {
             backends,
         },
     )?;
-    tokio::spawn(server.run());
     tracing::info!("listening on http://{addr}");
 
     let outcome = coordinator.run().await;
-    Ok(shutdown::finish(&outcome))
-}
-
-/// hyper's per-connection settings from `[server]`.
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let server = &config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout.get())
-        // One flat write buffer per response instead of a writev of head +
-        // body chunks: fewer instructions per small response (hyper's queue
-        // of buffers), one copy of the body bytes more. docs/benchmarks.md.
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(server.http2_max_concurrent_streams)
-        .keep_alive_interval(server.http2_keep_alive_interval.get())
-        .keep_alive_timeout(server.http2_keep_alive_timeout.get());
-    if !server.http2 {
-        builder = builder.http1_only();
+    if let Some(workers) = workers {
+        workers.join();
     }
-    builder
-}
-
-/// The connection bounds from `[server]` (palisade-shutdown's `Server`).
-fn connection_limits(config: &Config) -> ConnectionLimits {
-    let server = &config.server;
-    ConnectionLimits::new()
-        .max_connections(server.max_connections)
-        .first_bytes_timeout(server.first_bytes_timeout.get())
-        .idle_timeout(server.idle_timeout.get())
+    Ok(shutdown::finish(&outcome))
 }
 
 /// `--demo-upstream-only`: the demo upstream alone on `server.listen`.

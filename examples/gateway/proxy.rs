@@ -157,6 +157,18 @@ impl Proxy {
         }
     }
 
+    /// A copy with its own keep-alive pools (a thread-per-core worker drives
+    /// its own upstream connections) and the same failover budget and
+    /// breakers.
+    pub fn with_own_pools(&self, upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
+        let mut proxy = Self::new(upstreams, config);
+        proxy.failover = self
+            .failover
+            .as_ref()
+            .map(|f| Arc::new(f.with_pools(proxy.pools())));
+        proxy
+    }
+
     /// Retries a request on another upstream after a connect error
     /// (`failover.rs`).
     pub fn with_failover(mut self, failover: Arc<Failover>) -> Self {

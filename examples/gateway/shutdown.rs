@@ -42,8 +42,9 @@ pub struct Parts {
     pub readiness: Readiness,
     /// The drain layer's handle (slot 4 of the stack).
     pub drain: Drain,
-    /// The server's connections.
-    pub connections: ServerHandle,
+    /// The servers' connections: one server, or one per worker in the
+    /// thread-per-core mode (drained together, `workers.rs`).
+    pub connections: Vec<ServerHandle>,
     /// The `[batch]` batcher, when on.
     pub batch: Option<palisade::batch::BatchHandle>,
     /// The `[access_log]` pipeline, when on.
@@ -80,15 +81,18 @@ pub fn register(shutdown: &Shutdown, config: &Config, parts: Parts) -> Result<()
     ))?;
     shutdown.add_phase(Phase::new("stop-accepting", SHORT).action({
         let connections = connections.clone();
-        move |_| async move { connections.stop_accepting().await }
+        move |_| async move {
+            futures_util::future::join_all(connections.iter().map(ServerHandle::stop_accepting))
+                .await;
+        }
     }))?;
     // Force-closing thousands of connections and counting them may take
     // longer than the default grace after the deadline.
-    shutdown.add_phase(
-        connections
-            .drain_phase("drain", drain_deadline, drain)
-            .cut_grace(SHORT),
-    )?;
+    let drain = match <[ServerHandle; 1]>::try_from(connections) {
+        Ok([one]) => one.drain_phase("drain", drain_deadline, drain),
+        Err(many) => crate::workers::drain_phase(many, drain_deadline, drain),
+    };
+    shutdown.add_phase(drain.cut_grace(SHORT))?;
     // The drain phase has answered every request, lookups included; what a
     // batcher still holds (nothing, unless a caller left) goes out here.
     let flush = match batch {

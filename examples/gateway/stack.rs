@@ -85,6 +85,7 @@ use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams
 use crate::request_body::ClientBodyError;
 use crate::routes::BuiltinRoutesLayer;
 use crate::shed::{InFlightLimitLayer, Overloaded};
+use crate::switch::LayerName;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
 use crate::upstream_timeout::UpstreamTimeoutLayer;
 
@@ -137,24 +138,37 @@ pub fn build(
 + Sync
 + 'static {
     let config = &shared.config;
+    // `[stack] layers` (switch.rs) may leave optional layers out, for
+    // per-layer benchmarks; by default every layer is built.
+    let layers = &config.stack;
+    // The breakers are part of the upstream choice (an open breaker leaves
+    // the rotation); left out, the choice is plain round robin.
+    let mut choose =
+        ChooseUpstreamLayer::new(shared.upstreams.clone(), shared.upstream_metrics.clone());
+    if layers.has(LayerName::Breaker) {
+        choose = choose.with_breakers(shared.breakers.clone(), shared.classifier);
+    }
+    // Each build has its own upstream pools (one per thread-per-core
+    // worker); the retry budget and breakers are shared.
+    let proxy = shared
+        .proxy
+        .with_own_pools(&shared.upstreams, &config.upstream);
     ServiceBuilder::new()
-        .layer(shared.telemetry.clone())
-        .layer(shared.routes.clone())
+        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
         .layer(ErrorResponseLayer)
-        .layer(shared.in_flight.clone())
-        .layer(shared.drain.layer())
-        .layer(shared.ratelimit.clone())
-        .layer(shared.scatter.clone())
-        .layer(ItemsRouteLayer::new(
-            shared.items.as_ref().map(|items| items.batch.clone()),
+        .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))
+        .layer(layers.switch(LayerName::Drain, shared.drain.layer()))
+        .layer(layers.switch(LayerName::Ratelimit, shared.ratelimit.clone()))
+        .layer(layers.switch(LayerName::Scatter, shared.scatter.clone()))
+        .layer(layers.switch(
+            LayerName::Batch,
+            ItemsRouteLayer::new(shared.items.as_ref().map(|items| items.batch.clone())),
         ))
-        .layer(shared.hedge.clone())
-        .layer(
-            ChooseUpstreamLayer::new(shared.upstreams.clone(), shared.upstream_metrics.clone())
-                .with_breakers(shared.breakers.clone(), shared.classifier),
-        )
+        .layer(layers.switch(LayerName::Hedge, shared.hedge.clone()))
+        .layer(choose)
         .layer(UpstreamTimeoutLayer::new(config))
-        .service(shared.proxy.clone())
+        .service(proxy)
 }
 
 // === errors → responses ===
