@@ -15,6 +15,7 @@
 //! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
 //! | `pool`      | [`pool`]               | `palisade-pool`      |
 //! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
+//! | `reload`    | [`reload`]             | `palisade-reload`    |
 //!
 //! The gateway example (`cargo run --release --example gateway`) composes all
 //! of them into one hyper reverse proxy; read `examples/gateway/stack.rs` for
@@ -45,6 +46,10 @@ pub use palisade_pool as pool;
 #[cfg(feature = "pipeline")]
 #[doc(inline)]
 pub use palisade_pipeline as pipeline;
+
+#[cfg(feature = "reload")]
+#[doc(inline)]
+pub use palisade_reload as reload;
 
 pub mod http;
 

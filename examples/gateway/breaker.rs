@@ -14,7 +14,9 @@ use std::sync::Arc;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use palisade::breaker::http::HttpClassifier;
-use palisade::breaker::{Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer};
+use palisade::breaker::{
+    Breaker, Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer,
+};
 use serde::Deserialize;
 
 use crate::config::{ConfigDuration, ConfigError};
@@ -114,15 +116,77 @@ pub fn for_batches(
     )
 }
 
-/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
+/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`,
+/// without carry-over (the gateway builds through [`layer_carried`]).
 /// Errors name the `breaker.*` key.
+#[allow(dead_code)]
 pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
-    let key = |field: &str| match field {
+    let (settings, classifier) = settings(config)?;
+    let breakers = KeyedBreakers::new(settings, upstreams.max(1))
+        .and_then(|k| k.with_keys(0..upstreams))
+        .map_err(|e| ConfigError::key(&breaker_key(e.field()), e.reason()))?;
+    if !config.enabled {
+        for i in 0..upstreams {
+            if let Some(b) = breakers.get_existing(&i) {
+                b.disable();
+            }
+        }
+    }
+    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
+    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+}
+
+/// Breaker settings compared by their parameters (a carry-over key).
+#[derive(Clone)]
+struct SameSettings(BreakerSettings);
+
+impl PartialEq for SameSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_parameters(&other.0)
+    }
+}
+
+/// [`layer`] for a hot reload (`reload.rs`): the breaker of upstream `i` is
+/// the previous generation's, with its state, while that upstream's URL,
+/// the `[breaker]` settings and `enabled` are unchanged; a fresh one
+/// otherwise.
+pub fn layer_carried(
+    config: &BreakerConfig,
+    upstreams: &[String],
+    pass: &mut palisade::reload::Pass<'_>,
+) -> Result<BreakerLayer, ConfigError> {
+    let (settings, classifier) = settings(config)?;
+    let mut breakers = KeyedBreakers::new(settings.clone(), upstreams.len().max(1))
+        .map_err(|e| ConfigError::key(&breaker_key(e.field()), e.reason()))?;
+    for (i, url) in upstreams.iter().enumerate() {
+        let params = (url.clone(), SameSettings(settings.clone()), config.enabled);
+        let breaker = pass.get_or_build(&format!("breaker.upstream/{i}"), params, |_| {
+            let b = Breaker::new(settings.clone().with_name(format!("{}/{i}", settings.name())));
+            if !config.enabled {
+                b.disable();
+            }
+            b
+        });
+        breakers = breakers
+            .with_breaker(i, breaker)
+            .map_err(|e| ConfigError::key(&breaker_key(e.field()), e.reason()))?;
+    }
+    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
+    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+}
+
+/// The `[breaker]` key of a palisade-breaker field.
+fn breaker_key(field: &str) -> String {
+    match field {
         "sliding_window.size" => "breaker.window_size".to_owned(),
         "sliding_window.duration" => "breaker.window_duration".to_owned(),
         "sliding_window.buckets" => "breaker.window_buckets".to_owned(),
         other => format!("breaker.{other}"),
-    };
+    }
+}
+
+/// The validated settings and classifier of `[breaker]`.
+fn settings(config: &BreakerConfig) -> Result<(BreakerSettings, HttpClassifier), ConfigError> {
     let mut b = BreakerSettings::builder()
         .name("upstream")
         .failure_rate_threshold(config.failure_rate_threshold)
@@ -146,22 +210,8 @@ pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, C
     }
     let settings = b
         .build()
-        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
-
-    let classifier = classifier(config)?;
-
-    let breakers = KeyedBreakers::new(settings, upstreams.max(1))
-        .and_then(|k| k.with_keys(0..upstreams))
-        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
-    if !config.enabled {
-        for i in 0..upstreams {
-            if let Some(b) = breakers.get_existing(&i) {
-                b.disable();
-            }
-        }
-    }
-    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
-    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+        .map_err(|e| ConfigError::key(&breaker_key(e.field()), e.reason()))?;
+    Ok((settings, classifier(config)?))
 }
 
 /// What counts as a failure: `breaker.failure_statuses`, or every 5xx.

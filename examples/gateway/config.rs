@@ -50,6 +50,9 @@ pub struct Config {
     pub cpu: crate::cpu::CpuConfig,
     /// `[access_log]`: the access log on a pipeline (palisade-pipeline).
     pub access_log: crate::access_log::AccessLogConfig,
+    /// `[reload]`: hot reload on SIGHUP / `POST /admin/reload` (hook:
+    /// palisade-reload, `reload.rs`).
+    pub reload: crate::reload::ReloadConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

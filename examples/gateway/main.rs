@@ -28,6 +28,7 @@ mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
+mod reload;
 mod routes;
 mod scatter;
 mod shutdown;
@@ -58,7 +59,9 @@ use crate::telemetry::{RequestMetrics, TelemetryLayer, UpstreamMetrics};
 use crate::upstream::Faults;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Shared with the reload handler, which re-reads `--config` with the
+    // same flags (hook: reload.rs).
+    let cli = Arc::new(Cli::parse());
     // Configuration is complete and valid before anything is bound.
     let (config, upstreams) = match cli.load() {
         Ok(loaded) => loaded,
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
         if cli.demo_upstream_only {
             run_demo_upstream_only(&config).await.map(|()| 0)
         } else {
-            run(config, upstreams).await
+            run(cli.clone(), config, upstreams).await
         }
     });
     // Tasks still running (the demo upstream, connections cut at the
@@ -121,7 +124,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves until a signal, then runs the coordinated shutdown (see
 /// `shutdown.rs`); returns the exit code its outcome calls for.
-async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
+async fn run(cli: Arc<Cli>, config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // Installed first: a signal arriving right after the listening line must
     // drain the gateway, not kill it. A second signal forces the shutdown.
     let coordinator = Shutdown::new();
@@ -136,8 +139,14 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
     // anything is bound (after the recorder, so their metrics register):
     // a bad `[ratelimit]` or `[breaker]` value exits 2 with no port taken.
     // Without configured upstreams there is one: the demo upstream below.
-    let ratelimit = ratelimit::layer(&config.ratelimit)?;
-    let breaker = breaker::layer(&config.breaker, upstreams.len().max(1))?;
+    // Hook (reload.rs): the limiters and breakers come from the carry-over
+    // set, so a reload keeps the ones whose parameters did not change.
+    let carry = Arc::new(palisade::reload::Carry::new());
+    let mut pass = carry.pass();
+    let ratelimit = ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
+    let breaker =
+        breaker::layer_carried(&config.breaker, &reload::upstream_names(&config), &mut pass)?;
+    pass.commit();
     let batch = batch::layer(&config.batch)?;
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
     scatter::check(&config.scatter, upstreams.len().max(1))?;
@@ -171,9 +180,12 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         None
     };
 
+    let faults_present = faults.is_some();
     let readiness = Readiness::new();
     let routes = Routes::new(faults.is_some());
     let request_metrics = Arc::new(RequestMetrics::new());
+    // Hook (reload.rs): the final list, the demo upstream included.
+    let upstream_uris = upstreams.clone();
     let upstreams = Arc::new(Upstreams::new(&upstreams));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     // Validated above; now the upstream list is final.
@@ -209,8 +221,17 @@ async fn run(config: Config, mut upstreams: Vec<Uri>) -> Result<u8, BoxError> {
         hedge,
         config,
     };
-    let stack = stack::build(&shared);
-    let config = &shared.config;
+    let config = shared.config.clone();
+    let config = &config;
+    // Hook (reload.rs): layers 3-9 are hot-swappable under 1-2.
+    let stack = reload::start(
+        cli,
+        shared,
+        &upstream_uris,
+        faults_present,
+        carry,
+        &background,
+    )?;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
