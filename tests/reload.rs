@@ -102,7 +102,10 @@ async fn sighup_under_load_drops_nothing_and_applies_the_new_limit() {
                     .body(Full::default())
                     .unwrap();
                 // A transport error (a reset or dropped request) fails here.
-                let res = client.request(req).await.expect("no failed or reset request");
+                let res = client
+                    .request(req)
+                    .await
+                    .expect("no failed or reset request");
                 let reply = common::read(res).await;
                 statuses.push(reply.status.as_u16());
                 done.fetch_add(1, Ordering::SeqCst);
@@ -125,7 +128,10 @@ async fn sighup_under_load_drops_nothing_and_applies_the_new_limit() {
     let mut ok = 0;
     let mut limited = 0;
     for task in load {
-        let statuses = tokio::time::timeout(BOUND, task).await.expect("bounded").unwrap();
+        let statuses = tokio::time::timeout(BOUND, task)
+            .await
+            .expect("bounded")
+            .unwrap();
         for s in statuses {
             match s {
                 200 => ok += 1,
@@ -138,7 +144,10 @@ async fn sighup_under_load_drops_nothing_and_applies_the_new_limit() {
     assert!(ok >= CLIENTS * PER_CLIENT / 4, "{ok}");
 
     // New requests see the new limit exactly: burst 5, then 429.
-    assert_eq!(statuses(&gw, "probe", 6).await, [200, 200, 200, 200, 200, 429]);
+    assert_eq!(
+        statuses(&gw, "probe", 6).await,
+        [200, 200, 200, 200, 200, 429]
+    );
     let text = scrape(&gw).await;
     assert_eq!(reloads(&text, "applied"), 1.0);
     assert_eq!(reloads(&text, "rejected"), 0.0);
@@ -187,10 +196,8 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_finishes_on_the_old_upstream() {
     // The old upstream answers after 1.5 s, the new one at once.
-    let slow = Gateway::start_with_config(
-        &["--demo-upstream-only"],
-        "[demo]\nlatency = \"1500ms\"\n",
-    );
+    let slow =
+        Gateway::start_with_config(&["--demo-upstream-only"], "[demo]\nlatency = \"1500ms\"\n");
     let fast = Gateway::start(&["--demo-upstream-only"]);
     let config = |upstream: &Gateway| {
         format!(
@@ -205,13 +212,7 @@ async fn a_request_in_flight_finishes_on_the_old_upstream() {
         tokio::spawn(async move { request("POST", &url, "old").await })
     };
     // It is in flight once the gateway counts it.
-    common::wait_for_metric(
-        &gw,
-        "gateway_requests_in_flight",
-        "route=\"proxy\"",
-        1.0,
-    )
-    .await;
+    common::wait_for_metric(&gw, "gateway_requests_in_flight", "route=\"proxy\"", 1.0).await;
 
     gw.rewrite_config(&config(&fast));
     gw.sighup();
@@ -221,7 +222,10 @@ async fn a_request_in_flight_finishes_on_the_old_upstream() {
     assert_eq!(new.status, StatusCode::OK);
     assert_eq!(new.header("x-echo-served-by"), fast.addr.to_string());
 
-    let old = tokio::time::timeout(BOUND, in_flight).await.expect("bounded").unwrap();
+    let old = tokio::time::timeout(BOUND, in_flight)
+        .await
+        .expect("bounded")
+        .unwrap();
     assert_eq!(old.status, StatusCode::OK, "{}", old.text());
     assert_eq!(old.text(), "old");
     assert_eq!(old.header("x-echo-served-by"), slow.addr.to_string());
@@ -277,6 +281,14 @@ async fn admin_reload_is_opt_in_and_reports_the_outcome() {
     gw.rewrite_config(&limits("rate = 0\nburst = 5", on));
     let bad = request("POST", &gw.url("/admin/reload"), "").await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(bad.text().contains("`ratelimit.per_client.rate`"), "{}", bad.text());
-    assert!(bad.text().contains("version 2 keeps serving"), "{}", bad.text());
+    assert!(
+        bad.text().contains("`ratelimit.per_client.rate`"),
+        "{}",
+        bad.text()
+    );
+    assert!(
+        bad.text().contains("version 2 keeps serving"),
+        "{}",
+        bad.text()
+    );
 }

@@ -161,7 +161,11 @@ pub fn layer_carried(
     for (i, url) in upstreams.iter().enumerate() {
         let params = (url.clone(), SameSettings(settings.clone()), config.enabled);
         let breaker = pass.get_or_build(&format!("breaker.upstream/{i}"), params, |_| {
-            let b = Breaker::new(settings.clone().with_name(format!("{}/{i}", settings.name())));
+            let b = Breaker::new(
+                settings
+                    .clone()
+                    .with_name(format!("{}/{i}", settings.name())),
+            );
             if !config.enabled {
                 b.disable();
             }

@@ -94,7 +94,8 @@ pub fn upstream_names(config: &Config) -> Vec<String> {
 fn restart_only(running: &Config, next: &Config) -> Result<(), ConfigError> {
     // The sections are compared by their `Debug` form: every field, without
     // requiring `PartialEq` of each section type.
-    let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     let sections: [(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 8] = [
         ("server", &running.server, &next.server),
         ("log", &running.log, &next.log),
@@ -141,7 +142,8 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     };
     let mut pass = base.carry.pass();
     let ratelimit = crate::ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
-    let breaker = crate::breaker::layer_carried(&config.breaker, &upstream_names(config), &mut pass)?;
+    let breaker =
+        crate::breaker::layer_carried(&config.breaker, &upstream_names(config), &mut pass)?;
     let hedge = crate::hedge::settings(&config.hedge)?;
     let upstreams = Arc::new(Upstreams::new(&uris));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
@@ -313,7 +315,10 @@ where
             };
         }
         if req.method() != Method::POST {
-            let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+            let mut res = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
             res.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return AdminFuture::Local { res: Some(res) };
@@ -365,9 +370,9 @@ where
         match self.project() {
             AdminFutureProj::Inner { inner } => inner.poll(cx),
             AdminFutureProj::Reload { reload } => reload.as_mut().poll(cx).map(Ok),
-            AdminFutureProj::Local { res } => Poll::Ready(Ok(res
-                .take()
-                .expect("AdminFuture polled after completion"))),
+            AdminFutureProj::Local { res } => {
+                Poll::Ready(Ok(res.take().expect("AdminFuture polled after completion")))
+            }
         }
     }
 }

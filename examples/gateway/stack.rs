@@ -116,7 +116,8 @@ pub fn build(
     Response = Response<Body>,
     Error = Infallible,
     Future: Send + 'static,
-> + Clone
+>
++ Clone
 + Send
 + Sync
 + 'static
@@ -140,7 +141,8 @@ pub fn outer<S>(
     Response = Response<Body>,
     Error = Infallible,
     Future: Send + 'static,
-> + Clone
+>
++ Clone
 + Send
 + Sync
 + 'static
@@ -167,7 +169,8 @@ pub fn proxied(
     Response = Response<Body>,
     Error = Infallible,
     Future: Send + 'static,
-> + Clone
+>
++ Clone
 + Send
 + Sync
 + 'static

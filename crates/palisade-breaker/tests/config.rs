@@ -115,13 +115,29 @@ fn defaults_are_valid_and_documented() {
 
 #[test]
 fn same_parameters_compares_every_knob_but_the_clock() {
-    let a = Config::builder().name("up").minimum_calls(5).build().unwrap();
-    let b = Config::builder().name("up").minimum_calls(5).build().unwrap();
+    let a = Config::builder()
+        .name("up")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
+    let b = Config::builder()
+        .name("up")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
     assert!(a.same_parameters(&b));
     assert!(a.same_parameters(&a.clone()));
-    let other = Config::builder().name("up").minimum_calls(6).build().unwrap();
+    let other = Config::builder()
+        .name("up")
+        .minimum_calls(6)
+        .build()
+        .unwrap();
     assert!(!a.same_parameters(&other));
-    let renamed = Config::builder().name("down").minimum_calls(5).build().unwrap();
+    let renamed = Config::builder()
+        .name("down")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
     assert!(!a.same_parameters(&renamed));
     let waits = Config::builder()
         .name("up")

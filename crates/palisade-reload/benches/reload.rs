@@ -100,7 +100,12 @@ fn read(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let s = shared.clone();
                 let other = shared.clone();
-                contended(iters, contenders, move || black_box(s.load().rate), move || other.load().rate)
+                contended(
+                    iters,
+                    contenders,
+                    move || black_box(s.load().rate),
+                    move || other.load().rate,
+                )
             })
         });
 
@@ -109,7 +114,12 @@ fn read(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let s = swap.clone();
                 let other = swap.clone();
-                contended(iters, contenders, move || black_box(s.load().rate), move || other.load().rate)
+                contended(
+                    iters,
+                    contenders,
+                    move || black_box(s.load().rate),
+                    move || other.load().rate,
+                )
             })
         });
 
@@ -146,7 +156,12 @@ fn read(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let s = rx.clone();
                 let other = rx.clone();
-                contended(iters, contenders, move || black_box(s.borrow().rate), move || other.borrow().rate)
+                contended(
+                    iters,
+                    contenders,
+                    move || black_box(s.borrow().rate),
+                    move || other.borrow().rate,
+                )
             })
         });
         drop(tx);
@@ -198,7 +213,9 @@ fn service(c: &mut Criterion) {
             one_request(&mut s, black_box(n))
         })
     });
-    let reloader = Reloader::builder(|_: &u8| Ok::<_, Infallible>(Echo)).build(1).unwrap();
+    let reloader = Reloader::builder(|_: &u8| Ok::<_, Infallible>(Echo))
+        .build(1)
+        .unwrap();
     group.bench_function("reloadable_no_extension", |b| {
         let mut s = reloader.service().stamp_requests(false);
         let mut n = 0;
@@ -242,7 +259,9 @@ fn publish(c: &mut Criterion) {
         b.iter(|| *tokio_lock.try_write().unwrap() = config())
     });
     let std_lock = std::sync::RwLock::new(config());
-    group.bench_function("std_rwlock", |b| b.iter(|| *std_lock.write().unwrap() = config()));
+    group.bench_function("std_rwlock", |b| {
+        b.iter(|| *std_lock.write().unwrap() = config())
+    });
     let (tx, _rx) = tokio::sync::watch::channel(config());
     group.bench_function("tokio_watch_send", |b| b.iter(|| tx.send_replace(config())));
     group.finish();

@@ -21,8 +21,16 @@ struct Entry {
     value: Erased,
 }
 
-/// The parts carried between generations, by name; see the
-/// [module docs](self) for the rule and the crate docs for an example.
+/// The parts carried between generations, by name (see the crate docs for an
+/// example).
+///
+/// **The rule:** a part is looked up by its name; the previous generation's
+/// instance is handed back when the parameters it was built from compare
+/// equal (`PartialEq`, same types) to the new ones, otherwise a fresh one is
+/// built. Parts a generation does not ask for are dropped when it commits
+/// (removed, then added again: fresh). Nothing changes until
+/// [`Pass::commit`], so a build that fails half-way leaves the carried set
+/// as it was.
 #[derive(Default)]
 pub struct Carry {
     entries: Mutex<HashMap<String, Entry>>,
@@ -146,7 +154,9 @@ impl Pass<'_> {
         P: PartialEq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
-        match self.get_or_try_build(name, params, |p| Ok::<_, std::convert::Infallible>(build(p))) {
+        match self.get_or_try_build(name, params, |p| {
+            Ok::<_, std::convert::Infallible>(build(p))
+        }) {
             Ok(v) => v,
             Err(never) => match never {},
         }

@@ -38,6 +38,8 @@ impl<F: Future> Future for ResponseFuture<F> {
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").field("span", &self.span).finish()
+        f.debug_struct("ResponseFuture")
+            .field("span", &self.span)
+            .finish()
     }
 }

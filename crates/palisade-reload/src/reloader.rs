@@ -35,8 +35,11 @@ impl<T, S> Generation<T, S> {
 }
 
 type BuildFn<T, S> = Box<dyn Fn(&T) -> Result<S, BoxError> + Send + Sync>;
-type HealthFn<T, S> =
-    Box<dyn Fn(Arc<Versioned<Generation<T, S>>>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+type HealthFn<T, S> = Box<
+    dyn Fn(Arc<Versioned<Generation<T, S>>>) -> BoxFuture<'static, Result<(), BoxError>>
+        + Send
+        + Sync,
+>;
 
 /// Owns a reloadable service: builds it from each new configuration and
 /// publishes it atomically; hands out [`Reloadable`] services that always
@@ -230,31 +233,35 @@ where
             service,
         });
         let published = inner.shared.load_full();
-        inner.metrics.serving(published.version(), published.published_at());
+        inner
+            .metrics
+            .serving(published.version(), published.published_at());
 
-        if let Some(check) = &inner.health {
-            if let Err(source) = check(published).await {
-                let restored = inner.shared.publish(Generation {
-                    config: previous.config.clone(),
-                    service: previous.service.clone(),
-                });
-                let current = inner.shared.load_full();
-                inner.metrics.serving(current.version(), current.published_at());
-                inner.metrics.rolled_back();
-                tracing::error!(
-                    reload = %inner.name,
-                    failed = version,
-                    restored,
-                    error = %source,
-                    "reload failed its health check; previous configuration restored"
-                );
-                return Err(ReloadError::RolledBack {
-                    name: inner.name.clone(),
-                    failed: version,
-                    restored,
-                    source,
-                });
-            }
+        if let Some(check) = &inner.health
+            && let Err(source) = check(published).await
+        {
+            let restored = inner.shared.publish(Generation {
+                config: previous.config.clone(),
+                service: previous.service.clone(),
+            });
+            let current = inner.shared.load_full();
+            inner
+                .metrics
+                .serving(current.version(), current.published_at());
+            inner.metrics.rolled_back();
+            tracing::error!(
+                reload = %inner.name,
+                failed = version,
+                restored,
+                error = %source,
+                "reload failed its health check; previous configuration restored"
+            );
+            return Err(ReloadError::RolledBack {
+                name: inner.name.clone(),
+                failed: version,
+                restored,
+                source,
+            });
         }
         inner.metrics.applied();
         tracing::info!(reload = %inner.name, version, previous = serving, "reload applied");

@@ -179,7 +179,11 @@ impl<T> Shared<T> {
     /// Publishes `value` as the next version and returns its number. Readers
     /// that load afterwards see it; snapshots taken before keep theirs.
     pub fn publish(&self, value: T) -> u64 {
-        let _writer = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.store(value)
     }
 
@@ -187,7 +191,11 @@ impl<T> Shared<T> {
     /// between (read-copy-update). When `f` fails nothing is published and
     /// its error is returned.
     pub fn update<E>(&self, f: impl FnOnce(&T) -> Result<T, E>) -> Result<u64, E> {
-        let _writer = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let next = f(&self.inner.current.load().value)?;
         Ok(self.store(next))
     }

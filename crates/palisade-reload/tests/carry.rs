@@ -72,7 +72,8 @@ fn an_uncommitted_pass_changes_nothing() {
     // A build that fails half-way: `a` changed, then `b` failed.
     let mut pass = carry.pass();
     let _ = pass.get_or_build("a", 2u32, fresh);
-    let failed: Result<State, &str> = pass.get_or_try_build("b", 1u32, |_| Err("`b.rate`: must be positive"));
+    let failed: Result<State, &str> =
+        pass.get_or_try_build("b", 1u32, |_| Err("`b.rate`: must be positive"));
     assert_eq!(failed.unwrap_err(), "`b.rate`: must be positive");
     drop(pass);
 

@@ -22,7 +22,11 @@ async fn in_flight_requests_finish_on_their_generation() {
     let (one, mut h1) = mock::pair::<http::Request<&'static str>, &'static str>();
     let (two, mut h2) = mock::pair::<http::Request<&'static str>, &'static str>();
     let reloader = Reloader::builder(move |which: &u8| {
-        Ok::<Mock, tower::BoxError>(if *which == 1 { one.clone() } else { two.clone() })
+        Ok::<Mock, tower::BoxError>(if *which == 1 {
+            one.clone()
+        } else {
+            two.clone()
+        })
     })
     .build(1u8)
     .unwrap();
@@ -35,7 +39,10 @@ async fn in_flight_requests_finish_on_their_generation() {
         .unwrap()
         .unwrap();
     assert_eq!(*req.body(), "first");
-    assert_eq!(req.extensions().get::<ServedBy>(), Some(&ServedBy { version: 1 }));
+    assert_eq!(
+        req.extensions().get::<ServedBy>(),
+        Some(&ServedBy { version: 1 })
+    );
 
     // Reload while `first` is in flight.
     assert_eq!(reloader.apply(2).await.unwrap(), 2);
@@ -47,7 +54,10 @@ async fn in_flight_requests_finish_on_their_generation() {
         .unwrap()
         .unwrap();
     assert_eq!(*req.body(), "second");
-    assert_eq!(req.extensions().get::<ServedBy>(), Some(&ServedBy { version: 2 }));
+    assert_eq!(
+        req.extensions().get::<ServedBy>(),
+        Some(&ServedBy { version: 2 })
+    );
 
     // The old generation answers the request it took.
     first_reply.send_response("from one");
@@ -55,10 +65,10 @@ async fn in_flight_requests_finish_on_their_generation() {
     assert_eq!(first.await.unwrap(), "from one");
     assert_eq!(second.await.unwrap(), "from two");
     // Nothing else reached either generation.
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_millis(1), h1.next_request()).await,
-        Err(_)
-    ));
+    assert!(
+        futures_util::FutureExt::now_or_never(h1.next_request()).is_none(),
+        "no other request reached the old generation"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +78,11 @@ async fn a_reload_unsticks_a_service_that_was_not_ready() {
     h1.allow(0);
     h2.allow(1);
     let reloader = Reloader::builder(move |which: &u8| {
-        Ok::<Mock, tower::BoxError>(if *which == 1 { one.clone() } else { two.clone() })
+        Ok::<Mock, tower::BoxError>(if *which == 1 {
+            one.clone()
+        } else {
+            two.clone()
+        })
     })
     .build(1u8)
     .unwrap();

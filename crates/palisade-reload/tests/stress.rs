@@ -47,7 +47,10 @@ async fn readers_never_see_a_torn_value() {
     let last_version = Arc::new(AtomicU64::new(0));
     const READERS: usize = 8;
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..READERS).map(|_| AtomicU64::new(0)).collect());
-    let read = |i: usize, shared: Shared<Value>, last_version: Arc<AtomicU64>, progress: Arc<Vec<AtomicU64>>| {
+    let read = |i: usize,
+                shared: Shared<Value>,
+                last_version: Arc<AtomicU64>,
+                progress: Arc<Vec<AtomicU64>>| {
         let mut last = 0;
         move || -> bool {
             let final_version = last_version.load(Ordering::Acquire);

@@ -22,9 +22,9 @@ fn build(config: &Config) -> Result<Svc, BoxError> {
         return Err("invalid configuration: `upstream.timeout`: must be greater than 0".into());
     }
     let upstream = config.upstream;
-    Ok(Svc::new(service_fn(move |_req: http::Request<()>| async move {
-        Ok::<_, BoxError>(upstream)
-    })))
+    Ok(Svc::new(service_fn(
+        move |_req: http::Request<()>| async move { Ok::<_, BoxError>(upstream) },
+    )))
 }
 
 /// One reading of the recorder (a reading resets counters and gauges, so
@@ -97,17 +97,35 @@ fn start(health_fails: Option<Arc<AtomicBool>>) -> (Reloader<Config, Svc>, Snaps
 }
 
 async fn served(reloader: &Reloader<Config, Svc>) -> &'static str {
-    reloader.service().oneshot(http::Request::new(())).await.unwrap()
+    reloader
+        .service()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_load_failure_keeps_the_old_version() {
     let (reloader, metrics) = start(None);
     let err = reloader
-        .reload_with(|| Err::<Config, _>("invalid config file x.toml: key `ratelimit.rate` (line 3): expected an integer"))
+        .reload_with(|| {
+            Err::<Config, _>(
+                "invalid config file x.toml: key `ratelimit.rate` (line 3): expected an integer",
+            )
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, ReloadError::Rejected { stage: Stage::Load, serving: 1, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ReloadError::Rejected {
+                stage: Stage::Load,
+                serving: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("`ratelimit.rate`"), "{err}");
     assert_eq!(err.result(), "rejected");
     assert_eq!(reloader.current().version(), 1);
@@ -128,10 +146,23 @@ async fn a_build_failure_keeps_the_old_version() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, ReloadError::Rejected { stage: Stage::Build, serving: 1, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ReloadError::Rejected {
+                stage: Stage::Build,
+                serving: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("`upstream.timeout`"), "{err}");
     let source = std::error::Error::source(&err).unwrap().to_string();
-    assert_eq!(source, "invalid configuration: `upstream.timeout`: must be greater than 0");
+    assert_eq!(
+        source,
+        "invalid configuration: `upstream.timeout`: must be greater than 0"
+    );
     assert_eq!(reloader.current().version(), 1);
     assert_eq!(reloader.current().config().upstream, "a");
     assert_eq!(served(&reloader).await, "a");
@@ -170,12 +201,17 @@ async fn a_failed_health_check_rolls_back() {
         .await
         .unwrap_err();
     match &err {
-        ReloadError::RolledBack { failed, restored, .. } => {
+        ReloadError::RolledBack {
+            failed, restored, ..
+        } => {
             assert_eq!((*failed, *restored), (2, 3));
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("upstream b is not healthy"), "{err}");
+    assert!(
+        err.to_string().contains("upstream b is not healthy"),
+        "{err}"
+    );
     assert_eq!(err.serving(), 3);
     // Version 3 carries version 1's value again; versions never go back.
     let current = reloader.current();
@@ -211,5 +247,12 @@ async fn the_initial_build_failure_is_an_error() {
             timeout_ms: 0,
         })
         .unwrap_err();
-    assert!(matches!(err, ReloadError::Rejected { stage: Stage::Build, serving: 0, .. }));
+    assert!(matches!(
+        err,
+        ReloadError::Rejected {
+            stage: Stage::Build,
+            serving: 0,
+            ..
+        }
+    ));
 }
