@@ -10,7 +10,8 @@
 //! Files: `config.rs` (flags + TOML), `stack.rs` (the layer stack, in
 //! order), `proxy.rs` (upstream choice and forwarding), `batch.rs`
 //! (`[batch]`: item lookups coalesced), `routes.rs`
-//! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
+//! (built-in routes), `reload.rs` (SIGHUP / `POST /admin/reload` hot
+//! reload), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
 //! `docs/gateway.md` and `docs/architecture.md`.
 
