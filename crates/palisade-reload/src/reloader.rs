@@ -169,10 +169,15 @@ where
         self.inner.shared.load()
     }
 
-    /// The underlying shared value (to [`watch`](Shared::watch) it, or read
-    /// its [`age`](Shared::age)).
-    pub fn shared(&self) -> &Shared<Generation<T, S>> {
-        &self.inner.shared
+    /// A watcher woken by each new generation (publications go through the
+    /// reloader only, so versions and metrics stay in step).
+    pub fn watch(&self) -> crate::Watcher<Generation<T, S>> {
+        self.inner.shared.watch()
+    }
+
+    /// How long ago the serving generation was published.
+    pub fn age(&self) -> std::time::Duration {
+        self.inner.shared.age()
     }
 
     /// The reloader's name.

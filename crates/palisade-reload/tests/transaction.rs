@@ -173,6 +173,7 @@ async fn a_build_failure_keeps_the_old_version() {
 async fn a_valid_reload_swaps_and_counts() {
     let (reloader, metrics) = start(None);
     let service = reloader.service();
+    let mut watcher = reloader.watch();
     let v = reloader
         .apply(Config {
             upstream: "b",
@@ -181,6 +182,8 @@ async fn a_valid_reload_swaps_and_counts() {
         .await
         .unwrap();
     assert_eq!(v, 2);
+    let seen = futures_util::FutureExt::now_or_never(watcher.changed()).expect("woken");
+    assert_eq!((seen.version(), seen.config().upstream), (2, "b"));
     // A service made before the reload switches on its next poll_ready.
     assert_eq!(service.oneshot(http::Request::new(())).await.unwrap(), "b");
     let m = read(&metrics);
