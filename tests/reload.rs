@@ -192,45 +192,73 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
 }
 
 /// (3) A request in flight during the swap completes on the old upstream;
-/// new requests go to the new one.
+/// new requests go to the new one. The old upstream is a socket this test
+/// holds: it answers only when told, so the request is provably in flight
+/// across the whole reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_finishes_on_the_old_upstream() {
-    // The old upstream answers after 1.5 s, the new one at once.
-    let slow =
-        Gateway::start_with_config(&["--demo-upstream-only"], "[demo]\nlatency = \"1500ms\"\n");
-    let fast = Gateway::start(&["--demo-upstream-only"]);
-    let config = |upstream: &Gateway| {
-        format!(
-            "[log]\naccess_log = false\n[upstream]\nurls = [\"http://{}\"]\n",
-            upstream.addr
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held_addr = held.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<String>();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let old_upstream = tokio::spawn(async move {
+        let (mut conn, _) = held.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed the upstream connection");
+            head.extend_from_slice(&buf[..n]);
+        }
+        arrived_tx
+            .send(String::from_utf8_lossy(&head).into_owned())
+            .unwrap();
+        release_rx.await.unwrap();
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nold upstream",
         )
+        .await
+        .unwrap();
+    });
+    let fast = Gateway::start(&["--demo-upstream-only"]);
+    let config = |upstream: std::net::SocketAddr| {
+        format!("[log]\naccess_log = false\n[upstream]\nurls = [\"http://{upstream}\"]\n")
     };
-    let gw = Gateway::start_with_config(&[], &config(&slow));
+    let gw = Gateway::start_with_config(&[], &config(held_addr));
 
     let in_flight = {
-        let url = gw.url("/echo");
-        tokio::spawn(async move { request("POST", &url, "old").await })
+        let url = gw.url("/held");
+        tokio::spawn(async move { get(&url).await })
     };
-    // It is in flight once the gateway counts it.
-    common::wait_for_metric(&gw, "gateway_requests_in_flight", "route=\"proxy\"", 1.0).await;
+    let head = tokio::time::timeout(BOUND, arrived)
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert!(head.starts_with("GET /held "), "{head}");
 
-    gw.rewrite_config(&config(&fast));
+    gw.rewrite_config(&config(fast.addr));
     gw.sighup();
     wait_line(&gw, "reload applied", 0).await;
 
     let new = request("POST", &gw.url("/echo"), "new").await;
     assert_eq!(new.status, StatusCode::OK);
     assert_eq!(new.header("x-echo-served-by"), fast.addr.to_string());
+    assert!(!in_flight.is_finished(), "still held by the old upstream");
 
+    release.send(()).unwrap();
     let old = tokio::time::timeout(BOUND, in_flight)
         .await
         .expect("bounded")
         .unwrap();
     assert_eq!(old.status, StatusCode::OK, "{}", old.text());
-    assert_eq!(old.text(), "old");
-    assert_eq!(old.header("x-echo-served-by"), slow.addr.to_string());
-    let text = scrape(&gw).await;
-    assert_eq!(version(&text), 2.0);
+    assert_eq!(old.text(), "old upstream");
+    tokio::time::timeout(BOUND, old_upstream)
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(version(&scrape(&gw).await), 2.0);
 }
 
 /// (4) An unchanged per-client quota keeps its state across a reload that
