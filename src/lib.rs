@@ -15,6 +15,7 @@
 //! | `fanout`    | [`fanout`]             | `palisade-fanout`    |
 //! | `pool`      | [`pool`]               | `palisade-pool`      |
 //! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
+//! | `reload`    | [`reload`]             | `palisade-reload`    |
 //!
 //! Two more features: `axum` lets `PeerIp`/`ClientIp` read axum's
 //! `ConnectInfo<SocketAddr>`, and `console` makes the gateway and the
@@ -52,6 +53,10 @@ pub use palisade_pool as pool;
 #[cfg(feature = "pipeline")]
 #[doc(inline)]
 pub use palisade_pipeline as pipeline;
+
+#[cfg(feature = "reload")]
+#[doc(inline)]
+pub use palisade_reload as reload;
 
 pub mod http;
 

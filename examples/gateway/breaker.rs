@@ -21,7 +21,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use palisade::breaker::http::HttpClassifier;
 use palisade::breaker::{
-    Classify, Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Outcome,
+    Breaker, Classify, Config as BreakerSettings, KeyedBreakers, KeyedCircuitBreakerLayer, Outcome,
 };
 use serde::Deserialize;
 use tower::BoxError;
@@ -220,8 +220,54 @@ pub fn upstream_classifier(config: &BreakerConfig) -> Result<UpstreamClassifier,
     Ok(UpstreamClassifier(classifier(config)?))
 }
 
-/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`.
+/// Breaker settings compared by their parameters (a carry-over key).
+#[derive(Clone)]
+struct SameSettings(BreakerSettings);
+
+impl PartialEq for SameSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_parameters(&other.0)
+    }
+}
+
+/// [`layer`] for a hot reload (`reload.rs`): the breaker of upstream `i` is
+/// the previous generation's, with its state, while that upstream's URL,
+/// the `[breaker]` settings and `enabled` are unchanged; a fresh one
+/// otherwise.
+pub fn layer_carried(
+    config: &BreakerConfig,
+    upstreams: &[String],
+    pass: &mut palisade::reload::Pass<'_>,
+) -> Result<BreakerLayer, ConfigError> {
+    let settings = settings(config)?;
+    let classifier = UpstreamClassifier(classifier(config)?);
+    let mut breakers = KeyedBreakers::new(settings.clone(), upstreams.len().max(1))
+        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
+    for (i, url) in upstreams.iter().enumerate() {
+        let params = (url.clone(), SameSettings(settings.clone()), config.enabled);
+        let breaker = pass.get_or_build(&format!("breaker.upstream/{i}"), params, |_| {
+            let b = Breaker::new(
+                settings
+                    .clone()
+                    .with_name(format!("{}/{i}", settings.name())),
+            );
+            if !config.enabled {
+                b.disable();
+            }
+            b
+        });
+        breakers = breakers
+            .with_breaker(i, breaker)
+            .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
+    }
+    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
+    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
+}
+
+/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`,
+/// without carry-over (the gateway builds through [`layer_carried`]).
 /// Errors name the `breaker.*` key (none for a validated configuration).
+#[allow(dead_code)]
 pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
     let settings = settings(config)?;
     let classifier = UpstreamClassifier(classifier(config)?);

@@ -55,6 +55,9 @@ pub struct Config {
     pub access_log: crate::access_log::AccessLogConfig,
     /// `[stack]`: which optional layers are built (benchmarks; `switch.rs`).
     pub stack: crate::switch::StackConfig,
+    /// `[reload]`: hot reload on SIGHUP / `POST /admin/reload` (hook:
+    /// palisade-reload, `reload.rs`).
+    pub reload: crate::reload::ReloadConfig,
 }
 
 /// `[shutdown]` section: the phases after SIGINT/SIGTERM (see

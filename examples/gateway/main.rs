@@ -14,7 +14,8 @@
 //! (forwarding and its errors), `headers.rs` (header rewriting), `pool.rs`
 //! (upstream keep-alive pool), `batch.rs`
 //! (`[batch]`: item lookups coalesced), `routes.rs`
-//! (built-in routes), `telemetry.rs` (logs, metrics), `upstream.rs` (the
+//! (built-in routes), `reload.rs` (SIGHUP / `POST /admin/reload` hot
+//! reload), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
 //! `docs/gateway.md` and `docs/architecture.md`.
 
@@ -38,6 +39,7 @@ mod hedge;
 mod pool;
 mod proxy;
 mod ratelimit;
+mod reload;
 mod request_body;
 mod routes;
 mod scatter;
@@ -70,7 +72,9 @@ use crate::telemetry::{RequestMetrics, TelemetryLayer, UpstreamMetrics};
 use crate::upstream::Faults;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Shared with the reload handler, which re-reads `--config` with the
+    // same flags (hook: reload.rs).
+    let cli = Arc::new(Cli::parse());
     // Configuration is complete and valid before anything is bound.
     let config = match cli.load() {
         Ok(loaded) => loaded,
@@ -114,7 +118,7 @@ fn main() -> ExitCode {
         } else if cli.bare {
             bare::run(config).await
         } else {
-            run(config).await
+            run(cli.clone(), config).await
         }
     });
     // Tasks still running (the demo upstream, connections cut at the
@@ -141,7 +145,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves until a signal, then runs the coordinated shutdown (see
 /// `shutdown.rs`); returns the exit code its outcome calls for.
-async fn run(config: Config) -> Result<u8, BoxError> {
+async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let mut upstreams = config.upstream.uris.clone();
     // Installed first: a signal arriving right after the listening line must
     // drain the gateway, not kill it. A second signal forces the shutdown.
@@ -157,9 +161,15 @@ async fn run(config: Config) -> Result<u8, BoxError> {
     // fail on configuration grounds; they run after the recorder, so their
     // metrics register, and before anything is bound.
     // Without configured upstreams there is one: the demo upstream below.
-    let ratelimit = ratelimit::layer(&config.ratelimit)?;
+    // Hook (reload.rs): the limiters and breakers come from the carry-over
+    // set, so a reload keeps the ones whose parameters did not change.
+    let carry = Arc::new(palisade::reload::Carry::new());
+    let mut pass = carry.pass();
+    let ratelimit = ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
+    let breaker =
+        breaker::layer_carried(&config.breaker, &reload::upstream_names(&config), &mut pass)?;
+    pass.commit();
     let upstream_count = upstreams.len().max(1);
-    let breaker = breaker::layer(&config.breaker, upstream_count)?;
     let batch = batch::layer(&config.batch)?;
     let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
     scatter::check(&config.scatter, upstreams.len().max(1))?;
@@ -193,9 +203,12 @@ async fn run(config: Config) -> Result<u8, BoxError> {
         None
     };
 
+    let faults_present = faults.is_some();
     let readiness = Readiness::new();
     let routes = Routes::new(faults.is_some());
     let request_metrics = Arc::new(RequestMetrics::new());
+    // Hook (reload.rs): the final list, the demo upstream included.
+    let upstream_uris = upstreams.clone();
     let upstreams = Arc::new(Upstreams::new(&upstreams));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     // Validated above; now the upstream list is final.
@@ -246,12 +259,22 @@ async fn run(config: Config) -> Result<u8, BoxError> {
         hedge,
         config,
     };
-    let config = &shared.config;
+    let config = shared.config.clone();
+    let config = &config;
+    // Hook (reload.rs): layers 3-9 are hot-swappable under 1-2; every
+    // worker serves the same reloadable stack.
+    let stack = reload::start(
+        cli,
+        shared,
+        &upstream_uris,
+        faults_present,
+        carry,
+        &background,
+    )?;
     let builder = workers::http_builder(config);
     let limits = workers::connection_limits(config);
     let (addr, connections, workers) = match workers::mode(config) {
         workers::RuntimeMode::MultiThread => {
-            let stack = stack::build(&shared);
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -270,11 +293,9 @@ async fn run(config: Config) -> Result<u8, BoxError> {
             (addr, connections, None)
         }
         workers::RuntimeMode::ThreadPerCore => {
-            // One stack per worker: its own upstream pools, the policy state
-            // (limiter, breakers, drain) shared through the layers' Arcs.
-            let stacks = (0..workers::count(config))
-                .map(|_| stack::build(&shared))
-                .collect();
+            // The policy state (limiter, breakers, drain) is shared through
+            // the layers' Arcs, and so is each generation's upstream pool.
+            let stacks = (0..workers::count(config)).map(|_| stack.clone()).collect();
             let w = workers::Workers::start(
                 config.server.listen,
                 stacks,

@@ -41,6 +41,7 @@ use palisade::ratelimit::redis::{FailPolicy, RedisLimiter, RedisRateLimit, Redis
 use palisade::ratelimit::{
     KeyExtractor, KeyedLimiter, Limiter, Mode, PerKey, Quota, RateLimit, RateLimitLayer as Core,
 };
+use palisade::reload::Pass;
 use serde::Deserialize;
 use tower::Layer;
 use tower::util::Either;
@@ -194,7 +195,12 @@ impl std::fmt::Display for ClientKeyValue {
 }
 
 /// The local policies: per client (unless it lives in Redis) and global.
-pub type Policies = (Option<PerKey<ClientKeyValue, ClientKey>>, Option<Limiter>);
+/// Behind `Arc`s so a hot reload can hand the same limiter (and its state) to
+/// the next stack (`reload.rs`, `palisade::reload::Carry`).
+pub type Policies = (
+    Option<Arc<PerKey<ClientKeyValue, ClientKey>>>,
+    Option<Arc<Limiter>>,
+);
 
 /// Layer 5: Redis per-client limit (optional) → local limits (429 + fields)
 /// → global wait (optional, `mode = "wait"`).
@@ -202,13 +208,13 @@ pub type Policies = (Option<PerKey<ClientKeyValue, ClientKey>>, Option<Limiter>)
 pub struct RateLimitLayer {
     redis: Option<RedisRateLimitLayer<ClientKey>>,
     local: HttpRateLimitLayer<Policies>,
-    wait: Option<Core<Limiter>>,
+    wait: Option<Core<Arc<Limiter>>>,
 }
 
 /// The service [`RateLimitLayer`] builds.
 pub type RateLimited<S> = Either<
-    RedisRateLimit<HttpRateLimit<Either<RateLimit<S, Limiter>, S>, Policies>, ClientKey>,
-    HttpRateLimit<Either<RateLimit<S, Limiter>, S>, Policies>,
+    RedisRateLimit<HttpRateLimit<Either<RateLimit<S, Arc<Limiter>>, S>, Policies>, ClientKey>,
+    HttpRateLimit<Either<RateLimit<S, Arc<Limiter>>, S>, Policies>,
 >;
 
 impl<S> Layer<S> for RateLimitLayer {
@@ -320,9 +326,39 @@ pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
 }
 
 /// Builds layer 5 from `[ratelimit]`; every invalid value is an error naming
-/// its key (the same checks as [`validate`]). Call it inside the runtime
-/// (the Redis connection is lazy).
+/// its key. Call it inside the runtime (the Redis connection is lazy).
+/// Without carry-over: the gateway builds through [`layer_carried`].
+#[allow(dead_code)]
 pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
+    layer_carried(config, None)
+}
+
+/// The limiter named `name` from the previous generation when `params` are
+/// equal (hot reload), else a fresh one.
+fn carried<P, V>(
+    carry: &mut Option<&mut Pass<'_>>,
+    name: &str,
+    params: P,
+    build: impl FnOnce(&P) -> Result<V, ConfigError>,
+) -> Result<V, ConfigError>
+where
+    P: PartialEq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    match carry {
+        Some(pass) => pass.get_or_try_build(name, params, build),
+        None => build(&params),
+    }
+}
+
+/// [`layer`], keeping the local limiters of the previous generation whose
+/// parameters are unchanged (`reload.rs`): `ratelimit.per_client` while its
+/// quota, key, `trusted_proxies`, `ipv6_prefix`, `max_keys` and `shadow` are
+/// equal; `ratelimit.global` while its quota, `mode` and `shadow` are.
+pub fn layer_carried(
+    config: &RateLimitConfig,
+    mut carry: Option<&mut Pass<'_>>,
+) -> Result<RateLimitLayer, ConfigError> {
     validate(config)?;
     let headers = Headers::default()
         .on_admitted(config.headers)
@@ -351,21 +387,33 @@ pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
                 redis = Some(if header { layer.allow_missing() } else { layer });
             }
             None => {
-                let limiter = KeyedLimiter::builder(quota)
-                    .name("per-client")
-                    .max_keys(config.max_keys)
-                    .shadow(config.shadow)
-                    .build()
-                    .map_err(|e| ConfigError::key(&format!("ratelimit.{}", e.field()), e))?;
-                // A client may omit the key header: it is then bounded by the
-                // global limit only. A missing peer address is a bug: 500.
-                let header = matches!(extractor, ClientKey::Header(_));
-                let policy = PerKey::new(limiter, extractor);
-                per_client = Some(if header {
-                    policy.allow_missing()
-                } else {
-                    policy
-                });
+                let params = (
+                    quota,
+                    limit.key.clone(),
+                    config.trusted_proxies.clone(),
+                    config.ipv6_prefix,
+                    config.max_keys,
+                    config.shadow,
+                );
+                let policy = carried(&mut carry, "ratelimit.per_client", params, |_| {
+                    let limiter = KeyedLimiter::builder(quota)
+                        .name("per-client")
+                        .max_keys(config.max_keys)
+                        .shadow(config.shadow)
+                        .build()
+                        .map_err(|e| ConfigError::key(&format!("ratelimit.{}", e.field()), e))?;
+                    // A client may omit the key header: it is then bounded by
+                    // the global limit only. A missing peer address is a bug:
+                    // 500.
+                    let header = matches!(extractor, ClientKey::Header(_));
+                    let policy = PerKey::new(limiter, extractor);
+                    Ok(Arc::new(if header {
+                        policy.allow_missing()
+                    } else {
+                        policy
+                    }))
+                })?;
+                per_client = Some(policy);
             }
         }
     }
@@ -373,10 +421,16 @@ pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
     let mut global = None;
     let mut wait = None;
     if let Some(limit) = &config.global {
-        let limiter = Limiter::builder(quota("global", limit)?)
-            .name("global")
-            .shadow(config.shadow)
-            .build();
+        let quota = quota("global", limit)?;
+        let params = (quota, config.mode, config.shadow);
+        let limiter = carried(&mut carry, "ratelimit.global", params, |_| {
+            Ok(Arc::new(
+                Limiter::builder(quota)
+                    .name("global")
+                    .shadow(config.shadow)
+                    .build(),
+            ))
+        })?;
         match config.mode {
             ModeConfig::Reject => global = Some(limiter),
             ModeConfig::Wait => wait = Some(Core::with_mode(limiter, Mode::Wait)),

@@ -8,6 +8,8 @@
 //!    │
 //!  1 TelemetryLayer       access log, request count + latency, in-flight
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
+//!  2a reload              [reload] admin: POST /admin/reload; then the newest
+//!                         generation of layers 3-9 (hot-swapped, reload.rs)
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  3a InFlightLimitLayer  server.max_in_flight: 503 + Retry-After when full
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
@@ -126,6 +128,10 @@ pub struct Shared {
 /// sits behind an `Arc`, so clones share one limiter, one breaker per
 /// upstream). The layers that can reject their configuration are already
 /// built in [`Shared`], so this cannot fail.
+///
+/// The gateway serves [`outer`] over a hot-reloadable [`proxied`] stack
+/// (`reload.rs`); this is the same stack without reloading.
+#[allow(dead_code)] // The gateway reloads; kept as the one-piece reference.
 pub fn build(
     shared: &Shared,
 ) -> impl Service<
@@ -133,10 +139,68 @@ pub fn build(
     Response = Response<Body>,
     Error = Infallible,
     Future: Send + 'static,
-> + Clone
+>
++ Clone
 + Send
 + Sync
-+ 'static {
++ 'static
++ use<> {
+    outer(shared, proxied(shared))
+}
+
+// === hook: hot reload (reload.rs) ===
+// The stack is split where the hot-reloadable part starts: layers 1-2
+// (`outer`) are built once; layers 3-9 (`proxied`) are rebuilt from each
+// new configuration and swapped under them, so a request in flight finishes
+// on the stack it started on.
+
+/// Layers 1-2 over `inner` (the proxied stack, or the reloadable service
+/// that routes to its newest generation).
+pub fn outer<S>(
+    shared: &Shared,
+    inner: S,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+>
++ Clone
++ Send
++ Sync
++ 'static
++ use<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // `[stack] layers` (switch.rs) may leave optional layers out, for
+    // per-layer benchmarks; by default every layer is built.
+    let layers = &shared.config.stack;
+    ServiceBuilder::new()
+        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
+        .service(inner)
+}
+
+/// Layers 3-9, built from one configuration.
+pub fn proxied(
+    shared: &Shared,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+>
++ Clone
++ Send
++ Sync
++ 'static
++ use<> {
     let config = &shared.config;
     // `[stack] layers` (switch.rs) may leave optional layers out, for
     // per-layer benchmarks; by default every layer is built.
@@ -154,8 +218,6 @@ pub fn build(
         .proxy
         .with_own_pools(&shared.upstreams, &config.upstream);
     ServiceBuilder::new()
-        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
-        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
         .layer(ErrorResponseLayer)
         .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))
         .layer(layers.switch(LayerName::Drain, shared.drain.layer()))

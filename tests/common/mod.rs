@@ -257,6 +257,24 @@ impl Gateway {
         signal(self.pid(), "INT");
     }
 
+    /// Sends SIGHUP (the gateway reloads `--config`).
+    pub fn sighup(&self) {
+        signal(self.pid(), "HUP");
+    }
+
+    /// Replaces the contents of the `--config` file written by
+    /// [`Gateway::start_with_config`] (then [`Gateway::sighup`] to reload).
+    pub fn rewrite_config(&self, toml: &str) {
+        let path = self
+            .config_file
+            .as_ref()
+            .expect("the gateway was started with a config file");
+        // Written beside and renamed over, so a reload never reads half a file.
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, toml).expect("write the new config");
+        std::fs::rename(&tmp, path).expect("replace the config");
+    }
+
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
         if let Some(status) = self.status {

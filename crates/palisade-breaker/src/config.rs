@@ -143,6 +143,27 @@ impl Config {
         self.half_open_probes
     }
 
+    /// Whether `other` has the same parameters: name, window, failure mode,
+    /// thresholds, waits, probes and jitter seed. The clock and the
+    /// transition callback are not compared (they cannot be). A hot reload
+    /// (palisade-reload's `Carry`) keeps a breaker, and its state, while this
+    /// holds for its new configuration.
+    pub fn same_parameters(&self, other: &Config) -> bool {
+        self.name == other.name
+            && self.window == other.window
+            && self.failure_mode == other.failure_mode
+            && self.minimum_calls == other.minimum_calls
+            && self.slow_call_duration == other.slow_call_duration
+            && self.slow_call_rate_threshold == other.slow_call_rate_threshold
+            && self.wait_duration == other.wait_duration
+            && self.wait_multiplier == other.wait_multiplier
+            && self.max_wait_duration == other.max_wait_duration
+            && self.wait_jitter == other.wait_jitter
+            && self.half_open_probes == other.half_open_probes
+            && self.max_half_open_duration == other.max_half_open_duration
+            && self.seed == other.seed
+    }
+
     /// Minimum calls before the rates count, capped at the size of a
     /// count-based window (a window of 10 can never hold 100 calls).
     pub(crate) fn effective_minimum_calls(&self) -> u64 {

@@ -119,6 +119,31 @@ where
         Ok(self)
     }
 
+    /// Uses `breaker` (an existing breaker, with its state) for `key`, like a
+    /// key given to [`with_keys`](Self::with_keys). For a hot reload that
+    /// keeps the breakers whose configuration did not change; the breaker
+    /// keeps its own configuration and name.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_keys` when `max_keys` keys are already
+    /// given up front.
+    pub fn with_breaker(mut self, key: K, breaker: Breaker) -> Result<Self, ConfigError> {
+        if !self.fixed.contains_key(&key) && self.fixed.len() >= self.max_keys {
+            return Err(crate::error::config_error(
+                "max_keys",
+                format!("is {}, fewer than the keys given up front", self.max_keys),
+            ));
+        }
+        self.fixed.insert(key, breaker);
+        Ok(self)
+    }
+
+    /// The breakers of the keys given up front.
+    pub fn fixed(&self) -> impl Iterator<Item = (&K, &Breaker)> {
+        self.fixed.iter()
+    }
+
     fn new_breaker(&self, key: &K) -> Breaker {
         let name = format!("{}/{}", self.config.name(), key);
         Breaker::new(self.config.clone().with_name(name))

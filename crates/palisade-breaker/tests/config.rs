@@ -112,3 +112,66 @@ fn defaults_are_valid_and_documented() {
         .build()
         .unwrap();
 }
+
+#[test]
+fn same_parameters_compares_every_knob_but_the_clock() {
+    let a = Config::builder()
+        .name("up")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
+    let b = Config::builder()
+        .name("up")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
+    assert!(a.same_parameters(&b));
+    assert!(a.same_parameters(&a.clone()));
+    let other = Config::builder()
+        .name("up")
+        .minimum_calls(6)
+        .build()
+        .unwrap();
+    assert!(!a.same_parameters(&other));
+    let renamed = Config::builder()
+        .name("down")
+        .minimum_calls(5)
+        .build()
+        .unwrap();
+    assert!(!a.same_parameters(&renamed));
+    let waits = Config::builder()
+        .name("up")
+        .minimum_calls(5)
+        .wait_duration(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert!(!a.same_parameters(&waits));
+}
+
+#[test]
+fn with_breaker_keeps_an_existing_breaker_and_its_state() {
+    let config = Config::builder().name("upstream").build().unwrap();
+    let first = KeyedBreakers::new(config.clone(), 2)
+        .unwrap()
+        .with_keys([0usize, 1])
+        .unwrap();
+    let open = first.get(&0);
+    open.force_open();
+    let second = KeyedBreakers::new(config.clone(), 2)
+        .unwrap()
+        .with_breaker(0usize, open.clone())
+        .unwrap()
+        .with_keys([1usize])
+        .unwrap();
+    assert_eq!(second.get(&0).state(), palisade_breaker::State::ForcedOpen);
+    assert_eq!(second.get(&1).state(), palisade_breaker::State::Closed);
+    assert_eq!(second.fixed().count(), 2);
+    // More fixed keys than max_keys is the same error as with_keys'.
+    let full = KeyedBreakers::new(config, 1)
+        .unwrap()
+        .with_keys([0usize])
+        .unwrap()
+        .with_breaker(1usize, open)
+        .unwrap_err();
+    assert_eq!(full.field(), "max_keys");
+}

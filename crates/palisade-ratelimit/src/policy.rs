@@ -77,8 +77,8 @@ impl Verdict {
 ///
 /// Implemented by [`Limiter`] (one limit for every request), [`PerKey`] (a
 /// [`KeyedLimiter`] plus a [`KeyExtractor`]), `Option<P>` (`None` = no limit,
-/// handy for limits switched on by configuration) and tuples of up to four
-/// policies.
+/// handy for limits switched on by configuration), `Arc<P>` (one policy's
+/// state shared by several stacks) and tuples of up to four policies.
 ///
 /// **Several policies** (a tuple) are checked in order and *all* must admit.
 /// When one rejects, the cells the earlier ones took for this request are
@@ -420,6 +420,39 @@ impl<Req, P: Policy<Req>> Policy<Req> for Option<P> {
             }
             None => (Verdict::default(), None),
         }
+    }
+}
+
+// === impl Arc ===
+
+/// A policy shared by reference: several stacks (the generations of a hot
+/// reload, for example) check and charge the same limiter state.
+impl<Req, P: Policy<Req>> Policy<Req> for std::sync::Arc<P> {
+    type Taken = P::Taken;
+
+    #[inline]
+    fn check(&self, req: &Req) -> (Verdict, Self::Taken) {
+        (**self).check(req)
+    }
+
+    fn refund(&self, req: &Req, taken: Self::Taken) {
+        (**self).refund(req, taken);
+    }
+
+    fn reserve(&self, max_wait: u64) -> Option<Result<u64, Verdict>> {
+        (**self).reserve(max_wait)
+    }
+
+    fn release(&self) {
+        (**self).release();
+    }
+
+    fn commit(&self) {
+        (**self).commit();
+    }
+
+    fn check_unbooked(&self, req: &Req) -> (Verdict, Self::Taken) {
+        (**self).check_unbooked(req)
     }
 }
 

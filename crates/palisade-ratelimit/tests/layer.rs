@@ -279,3 +279,24 @@ fn the_default_max_wait_is_five_seconds() {
     let layer = RateLimitLayer::wait(limiter(1));
     assert!(format!("{layer:?}").contains("max_wait: 5s"));
 }
+
+/// An `Arc`'d policy shared by two stacks (two generations of a hot reload)
+/// charges one budget.
+#[tokio::test(start_paused = true)]
+async fn an_arc_policy_is_shared_by_two_stacks() {
+    let shared = std::sync::Arc::new(limiter(1));
+    let (first, mut h1) = mock::spawn_layer::<&str, &str, _>(RateLimitLayer::new(shared.clone()));
+    let (second, mut h2) = mock::spawn_layer::<&str, &str, _>(RateLimitLayer::new(shared));
+    let (mut first, mut second) = (first, second);
+    h1.allow(1);
+    h2.allow(1);
+    assert!(matches!(first.poll_ready(), Poll::Ready(Ok(()))));
+    let reply = first.call("a");
+    let (_, send) = h1.next_request().await.unwrap();
+    send.send_response("ok");
+    assert_eq!(reply.await.unwrap(), "ok");
+    // The one cell is spent: the other stack is limited too.
+    assert!(second.poll_ready().is_ready());
+    let err = second.call("b").await.unwrap_err();
+    assert!(err.is::<RateLimited>(), "{err}");
+}
