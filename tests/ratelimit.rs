@@ -276,3 +276,36 @@ burst = 1
     assert_eq!(metric(&m, "palisade_ratelimit_admitted_total", policy), 5.0);
     assert_eq!(metric(&m, "palisade_ratelimit_limited_total", policy), 0.0);
 }
+
+#[tokio::test]
+async fn grpc_calls_get_grpc_statuses_from_the_gateway() {
+    let gw = Gateway::start_with_config(&[], PER_CLIENT);
+    let url = gw.url("/items/1");
+    let grpc = [("content-type", "application/grpc+proto")];
+    for _ in 0..3 {
+        assert_eq!(get_with(&url, &grpc).await.status, StatusCode::OK);
+    }
+    // Over the limit: a trailers-only RESOURCE_EXHAUSTED (8), not a 429.
+    let limited = get_with(&url, &grpc).await;
+    assert_eq!(limited.status, StatusCode::OK);
+    assert_eq!(limited.header("grpc-status"), "8");
+    assert_eq!(limited.header("content-type"), "application/grpc");
+    let pushback: u64 = limited.header("grpc-retry-pushback-ms").parse().unwrap();
+    assert!(
+        (59_000..=60_000).contains(&pushback),
+        "pushback {pushback} ms"
+    );
+    assert!(limited.body.is_empty(), "trailers-only: no body");
+    // Plain HTTP callers keep their 429.
+    assert_eq!(get(&url).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // The gateway's own errors map by their HTTP status: an upstream that
+    // refuses connections is a 502 for HTTP, UNAVAILABLE (14) for gRPC.
+    let dead = Gateway::start(&["--no-access-log", "--upstream", "http://127.0.0.1:9"]);
+    let url = dead.url("/x");
+    assert_eq!(get(&url).await.status, StatusCode::BAD_GATEWAY);
+    let refused = get_with(&url, &grpc).await;
+    assert_eq!(refused.status, StatusCode::OK);
+    assert_eq!(refused.header("grpc-status"), "14");
+    assert_eq!(refused.header("grpc-message"), "bad gateway");
+}

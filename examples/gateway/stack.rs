@@ -80,6 +80,9 @@ use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
+use palisade::http::Protocol;
+use palisade_core::grpc;
+
 use crate::batch::ItemsRouteLayer;
 use crate::body::Body;
 use crate::config::Config;
@@ -241,10 +244,15 @@ pub fn proxied(
 /// Every palisade error (an open breaker's 503, a draining server's 503 with
 /// `Connection: close`, a rate limit's 429) is mapped by
 /// `palisade::http::error_response`; the gateway only adds its short body.
-pub fn error_response(err: &BoxError) -> Response<Body> {
-    if let Some(mut res) =
-        palisade::http::error_response::<Body>(err, palisade::http::Protocol::Http)
-    {
+/// A gRPC request (`content-type: application/grpc...`) gets a trailers-only
+/// gRPC status instead: palisade's rejections their own codes
+/// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`), the gateway's errors the code of
+/// their HTTP status (`Code::from_http_status`: 502/503/504 `UNAVAILABLE`).
+pub fn error_response(err: &BoxError, protocol: Protocol) -> Response<Body> {
+    if let Some(mut res) = palisade::http::error_response::<Body>(err, protocol) {
+        if protocol == Protocol::Grpc {
+            return res;
+        }
         let body = match res.status() {
             StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
             StatusCode::SERVICE_UNAVAILABLE if res.headers().contains_key(header::CONNECTION) => {
@@ -268,6 +276,13 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
         answer = if let Some(c) = e.downcast_ref::<ClientBodyError>() {
             Some((c.status(), c.message()))
         } else if e.is::<Overloaded>() {
+            if protocol == Protocol::Grpc {
+                return grpc::trailers_only(
+                    grpc::Code::Unavailable,
+                    "overloaded",
+                    Some(std::time::Duration::from_secs(1)),
+                );
+            }
             let mut res = Response::new(Body::from("overloaded\n"));
             *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             res.headers_mut().insert(
@@ -306,6 +321,9 @@ pub fn error_response(err: &BoxError) -> Response<Body> {
         tracing::error!(error = %ErrorChain(&**err), "unexpected error in the gateway stack");
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
     });
+    if protocol == Protocol::Grpc {
+        return grpc::trailers_only(grpc::Code::from_http_status(status), body.trim_end(), None);
+    }
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -370,12 +388,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let protocol = Protocol::of(req.headers());
         match self.failed.take() {
             Some(e) => ErrorResponseFuture::Failed {
-                res: Some(error_response(&e)),
+                res: Some(error_response(&e, protocol)),
             },
             None => ErrorResponseFuture::Inner {
                 inner: self.inner.call(req),
+                protocol,
             },
         }
     }
@@ -387,7 +407,7 @@ pin_project! {
     #[derive(Debug)]
     pub enum ErrorResponseFuture<F> {
         /// Waiting for the inner service.
-        Inner { #[pin] inner: F },
+        Inner { #[pin] inner: F, protocol: Protocol },
         /// Answering a readiness error.
         Failed { res: Option<Response<Body>> },
     }
@@ -402,10 +422,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ErrorResponseProj::Inner { inner } => Poll::Ready(Ok(match ready!(inner.poll(cx)) {
-                Ok(res) => res,
-                Err(e) => error_response(&e.into()),
-            })),
+            ErrorResponseProj::Inner { inner, protocol } => {
+                Poll::Ready(Ok(match ready!(inner.poll(cx)) {
+                    Ok(res) => res,
+                    Err(e) => error_response(&e.into(), *protocol),
+                }))
+            }
             ErrorResponseProj::Failed { res } => Poll::Ready(Ok(res
                 .take()
                 .expect("ErrorResponseFuture polled after completion"))),
