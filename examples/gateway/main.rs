@@ -294,7 +294,8 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
         }
         workers::RuntimeMode::ThreadPerCore => {
             // The policy state (limiter, breakers, drain) is shared through
-            // the layers' Arcs, and so is each generation's upstream pool.
+            // the layers' Arcs; each worker uses its own upstream pools
+            // (`workers::PerWorker` inside every generation).
             let stacks = (0..workers::count(config)).map(|_| stack.clone()).collect();
             let w = workers::Workers::start(
                 config.server.listen,

@@ -215,11 +215,18 @@ pub fn proxied(
     if layers.has(LayerName::Breaker) {
         choose = choose.with_breakers(shared.breakers.clone(), shared.classifier);
     }
-    // Each build has its own upstream pools (one per thread-per-core
-    // worker); the retry budget and breakers are shared.
-    let proxy = shared
-        .proxy
-        .with_own_pools(&shared.upstreams, &config.upstream);
+    // One set of upstream pools per thread-per-core worker (a connection is
+    // driven by the worker that uses it); the retry budget and breakers
+    // are shared.
+    let proxy = crate::workers::PerWorker::new(
+        (0..crate::workers::copies(config))
+            .map(|_| {
+                shared
+                    .proxy
+                    .with_own_pools(&shared.upstreams, &config.upstream)
+            })
+            .collect(),
+    );
     ServiceBuilder::new()
         .layer(ErrorResponseLayer)
         .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))

@@ -191,6 +191,7 @@ impl Workers {
             let thread = thread::Builder::new()
                 .name(format!("gateway-worker-{i}"))
                 .spawn(move || {
+                    WORKER.set(i);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -251,6 +252,75 @@ impl Workers {
                 tracing::error!("a gateway worker thread panicked");
             }
         }
+    }
+}
+
+thread_local! {
+    /// The thread-per-core worker this thread is (0 on every other thread).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many per-worker copies of thread-affine state (upstream pools) the
+/// serving mode wants: one per worker thread-per-core, else one.
+pub fn copies(config: &Config) -> usize {
+    match mode(config) {
+        RuntimeMode::MultiThread => 1,
+        RuntimeMode::ThreadPerCore => count(config),
+    }
+}
+
+/// One `S` per worker (built by [`PerWorker::new`]); each clone serves with
+/// the copy of the worker thread it is first used on. The stack is cloned
+/// per connection and a connection stays on the worker that accepted it, so
+/// a worker's requests use its own copy (its own upstream connections)
+/// even when the stack above is shared, as a hot-reloaded generation is.
+#[derive(Debug)]
+pub struct PerWorker<S> {
+    copies: Arc<[S]>,
+    chosen: Option<S>,
+}
+
+impl<S: Clone> Clone for PerWorker<S> {
+    fn clone(&self) -> Self {
+        // A clone chooses again, on the thread that uses it.
+        Self {
+            copies: self.copies.clone(),
+            chosen: None,
+        }
+    }
+}
+
+impl<S> PerWorker<S> {
+    /// `copies[i]` serves worker `i` (at least one copy).
+    pub fn new(copies: Vec<S>) -> Self {
+        assert!(!copies.is_empty(), "at least one copy");
+        Self {
+            copies: copies.into(),
+            chosen: None,
+        }
+    }
+}
+
+impl<S: Service<R> + Clone, R> Service<R> for PerWorker<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        let copies = &self.copies;
+        self.chosen
+            .get_or_insert_with(|| copies[WORKER.get() % copies.len()].clone())
+            .poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.chosen
+            .as_mut()
+            .expect("PerWorker::call before poll_ready")
+            .call(req)
     }
 }
 
