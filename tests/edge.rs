@@ -68,7 +68,10 @@ async fn served_connection(addr: SocketAddr) -> TcpStream {
 async fn silent_sockets_are_closed_after_the_first_bytes_timeout() {
     let gw = Gateway::start_with_config(
         &["--no-access-log"],
-        "[server]\nfirst_bytes_timeout = \"300ms\"\n",
+        // One runtime: thread-per-core workers each open their own upstream
+        // keep-alive connection on first use, which would move the fd count
+        // by which worker the kernel hands a request to.
+        "[server]\nfirst_bytes_timeout = \"300ms\"\nruntime = \"multi-thread\"\n",
     );
     // Warm: the upstream keep-alive connection exists before the baseline.
     assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
