@@ -216,16 +216,13 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
     let breakers = breaker::breakers(&breaker, upstream_count);
     let classifier = breaker::upstream_classifier(&config.breaker)?;
-    let proxy = proxy::Proxy::new(&upstreams, &config.upstream);
-    let failover = failover::Failover::new(
-        upstreams.clone(),
-        proxy.pools(),
-        breakers.clone(),
+    let proxy = proxy::Proxy::with_retries(
+        &upstreams,
+        &breakers,
         classifier,
-        upstream_metrics.clone(),
+        &upstream_metrics,
         &config.upstream,
     );
-    let proxy = proxy.with_failover(Arc::new(failover));
     let drain = Drain::new();
     let items = batch.map(|layer| {
         batch::start(

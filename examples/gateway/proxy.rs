@@ -157,6 +157,28 @@ impl Proxy {
         }
     }
 
+    /// The gateway's proxy: one pool per upstream and, after a refused
+    /// connect, a failover to the next upstream its breaker admits, within
+    /// the `[upstream]` retry budget. Start-up and every reload build it so.
+    pub fn with_retries(
+        upstreams: &Arc<Upstreams>,
+        breakers: &[palisade::breaker::Breaker],
+        classifier: crate::breaker::UpstreamClassifier,
+        metrics: &Arc<crate::telemetry::UpstreamMetrics>,
+        config: &UpstreamConfig,
+    ) -> Self {
+        let proxy = Self::new(upstreams, config);
+        let failover = Failover::new(
+            upstreams.clone(),
+            proxy.pools(),
+            breakers.to_vec(),
+            classifier,
+            metrics.clone(),
+            config,
+        );
+        proxy.with_failover(Arc::new(failover))
+    }
+
     /// A copy with its own keep-alive pools (a thread-per-core worker drives
     /// its own upstream connections) and the same failover budget and
     /// breakers.

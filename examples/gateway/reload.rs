@@ -47,7 +47,6 @@ use tower::{BoxError, Layer, Service};
 
 use crate::body::Body;
 use crate::config::{Cli, Config, ConfigError};
-use crate::failover::Failover;
 use crate::proxy::{Proxy, Upstreams};
 use crate::stack::{self, Shared};
 use crate::telemetry::UpstreamMetrics;
@@ -152,16 +151,13 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     let hedge = crate::hedge::layer(hedge, &upstreams, &config.upstream);
     let breakers = crate::breaker::breakers(&breaker, upstreams.list().len());
     let classifier = crate::breaker::upstream_classifier(&config.breaker)?;
-    let proxy = Proxy::new(&upstreams, &config.upstream);
-    let failover = Failover::new(
-        upstreams.clone(),
-        proxy.pools(),
-        breakers.clone(),
+    let proxy = Proxy::with_retries(
+        &upstreams,
+        &breakers,
         classifier,
-        upstream_metrics.clone(),
+        &upstream_metrics,
         &config.upstream,
     );
-    let proxy = proxy.with_failover(Arc::new(failover));
     // Last fallible step done: only now the carried set becomes this one.
     let carried = pass.commit();
     tracing::info!(kept = ?carried.kept, fresh = ?carried.fresh, dropped = ?carried.dropped, "reload: stateful layers carried over");
