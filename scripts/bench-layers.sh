@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Per-layer cost of the gateway: the bare forwarder (`--bare`), the stack
 # with no optional layer (`[stack] layers = []`: error mapping, upstream
-# choice, upstream timeout with the body bounds, proxy), each pattern on alone, and the full stack, all forwarding
-# GET / to the same demo upstream.
+# choice, upstream timeout with the body bounds, proxy), each pattern on
+# alone, and the full stack, all forwarding GET / to the same demo upstream.
 #
 # MODE=callgrind (default): user-space instructions per request, steady on a
 # busy machine. Each target runs under `valgrind --tool=callgrind`; after a
