@@ -361,9 +361,13 @@ where
             let open = OpenGuard(shared.clone());
             let builder = builder.clone();
             let service = make.make(peer);
-            shared
-                .conns
-                .spawn(serve(stream, peer, builder, service, limits, open));
+            // Named for tokio-console under `--cfg tokio_unstable`.
+            palisade_core::task::spawn_named(
+                "palisade-shutdown connection",
+                shared
+                    .conns
+                    .track_future(serve(stream, peer, builder, service, limits, open)),
+            );
         }
         drop(listener);
         drop(closed);
