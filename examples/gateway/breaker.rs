@@ -175,7 +175,7 @@ fn key(field: &str) -> String {
 }
 
 /// Checks `[breaker]` (part of `Config::validate`): the settings and the
-/// classifier [`layer`] builds, without creating a breaker.
+/// classifier [`layer_carried`] builds, without creating a breaker.
 pub fn validate(config: &BreakerConfig) -> Result<(), ConfigError> {
     settings(config)?;
     classifier(config)?;
@@ -230,7 +230,8 @@ impl PartialEq for SameSettings {
     }
 }
 
-/// [`layer`] for a hot reload (`reload.rs`): the breaker of upstream `i` is
+/// Builds one breaker per upstream from `[breaker]` through the reload's
+/// carry-over set (`reload.rs`; start-up is its first pass): the breaker of upstream `i` is
 /// the previous generation's, with its state, while that upstream's URL,
 /// the `[breaker]` settings and `enabled` are unchanged; a fresh one
 /// otherwise.
@@ -259,28 +260,6 @@ pub fn layer_carried(
         breakers = breakers
             .with_breaker(i, breaker)
             .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
-    }
-    let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
-    Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))
-}
-
-/// Builds one breaker per upstream (`upstreams` of them) from `[breaker]`,
-/// without carry-over (the gateway builds through [`layer_carried`]).
-/// Errors name the `breaker.*` key (none for a validated configuration).
-#[allow(dead_code)]
-pub fn layer(config: &BreakerConfig, upstreams: usize) -> Result<BreakerLayer, ConfigError> {
-    let settings = settings(config)?;
-    let classifier = UpstreamClassifier(classifier(config)?);
-
-    let breakers = KeyedBreakers::new(settings, upstreams.max(1))
-        .and_then(|k| k.with_keys(0..upstreams))
-        .map_err(|e| ConfigError::key(&key(e.field()), e.reason()))?;
-    if !config.enabled {
-        for i in 0..upstreams {
-            if let Some(b) = breakers.get_existing(&i) {
-                b.disable();
-            }
-        }
     }
     let key_fn: fn(&Request<Incoming>) -> usize = upstream_index;
     Ok(KeyedCircuitBreakerLayer::from_breakers(Arc::new(breakers), key_fn).classifier(classifier))

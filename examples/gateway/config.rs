@@ -287,24 +287,6 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a TOML file in one pass: the result is a
-    /// configuration every part of the gateway can be built from without a
-    /// configuration error (what a reload needs). Errors name the key.
-    #[allow(dead_code)] // The entry point of a reload (SIGHUP); start-up goes through `Cli::load`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut config = Self::from_file(path)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses and validates TOML text, like [`Config::load`].
-    #[allow(dead_code)] // The pure variant, for tests and a reload.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let mut config = Self::from_toml(text, Path::new("<string>"))?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Reads and parses a TOML file (no validation; see [`Config::validate`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)

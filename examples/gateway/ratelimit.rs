@@ -285,7 +285,7 @@ fn client_key(config: &RateLimitConfig, key: &str) -> Result<ClientKey, ConfigEr
 }
 
 /// Checks `[ratelimit]` without building a limiter (part of
-/// `Config::validate`): every check [`layer`] makes.
+/// `Config::validate`): every check [`layer_carried`] makes.
 pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
     if config.max_keys == 0 {
         return Err(ConfigError::key("ratelimit.max_keys", "must be positive"));
@@ -325,14 +325,6 @@ pub fn validate(config: &RateLimitConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Builds layer 5 from `[ratelimit]`; every invalid value is an error naming
-/// its key. Call it inside the runtime (the Redis connection is lazy).
-/// Without carry-over: the gateway builds through [`layer_carried`].
-#[allow(dead_code)]
-pub fn layer(config: &RateLimitConfig) -> Result<RateLimitLayer, ConfigError> {
-    layer_carried(config, None)
-}
-
 /// The limiter named `name` from the previous generation when `params` are
 /// equal (hot reload), else a fresh one.
 fn carried<P, V>(
@@ -351,7 +343,8 @@ where
     }
 }
 
-/// [`layer`], keeping the local limiters of the previous generation whose
+/// Builds layer 5 from `[ratelimit]` (inside the runtime: the Redis
+/// connection is lazy), keeping the local limiters of the previous generation whose
 /// parameters are unchanged (`reload.rs`): `ratelimit.per_client` while its
 /// quota, key, `trusted_proxies`, `ipv6_prefix`, `max_keys` and `shadow` are
 /// equal; `ratelimit.global` while its quota, `mode` and `shadow` are.

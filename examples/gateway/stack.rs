@@ -127,33 +127,10 @@ pub struct Shared {
     pub hedge: crate::hedge::HedgeLayer,
 }
 
-/// Builds the stack once; it is cloned per connection (every layer's state
-/// sits behind an `Arc`, so clones share one limiter, one breaker per
-/// upstream). The layers that can reject their configuration are already
-/// built in [`Shared`], so this cannot fail.
-///
-/// The gateway serves [`outer`] over a hot-reloadable [`proxied`] stack
-/// (`reload.rs`); this is the same stack without reloading.
-#[allow(dead_code)] // The gateway reloads; kept as the one-piece reference.
-pub fn build(
-    shared: &Shared,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future: Send + 'static,
->
-+ Clone
-+ Send
-+ Sync
-+ 'static
-+ use<> {
-    outer(shared, proxied(shared))
-}
-
 // === hook: hot reload (reload.rs) ===
-// The stack is split where the hot-reloadable part starts: layers 1-2
-// (`outer`) are built once; layers 3-9 (`proxied`) are rebuilt from each
+// The stack is cloned per connection (every layer's state sits behind an
+// `Arc`, so clones share one limiter, one breaker per upstream), and split
+// where the hot-reloadable part starts: layers 1-2 (`outer`) are built once; layers 3-9 (`proxied`) are rebuilt from each
 // new configuration and swapped under them, so a request in flight finishes
 // on the stack it started on.
 
