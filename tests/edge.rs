@@ -474,3 +474,97 @@ retry_budget_window = "1h"
         5.0
     );
 }
+
+#[tokio::test]
+async fn the_http2_stream_cap_is_advertised_and_bounds_the_streams_in_flight() {
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        "[server]\nhttp2_max_concurrent_streams = 2\n",
+    );
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // One exchange first, so the server's SETTINGS have surely arrived.
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(gw.url("/healthz")).body(()).unwrap();
+    let (res, _) = client.send_request(req, true).unwrap();
+    let res = tokio::time::timeout(BOUND, res).await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(client.current_max_send_streams(), 2);
+
+    // Four slow streams on the one connection: two are in flight at the
+    // gateway, the other two wait for a free stream.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        client = client.ready().await.unwrap();
+        let req = http::Request::get(gw.url("/delay/2000")).body(()).unwrap();
+        let (res, _) = client.send_request(req, true).unwrap();
+        pending.push(res);
+    }
+    let tasks: Vec<_> = pending
+        .into_iter()
+        .map(|res| tokio::spawn(async move { res.await.map(|r| r.status()) }))
+        .collect();
+    wait_for_metric(&gw, "gateway_requests_in_flight", r#"route="proxy""#, 2.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = scrape(&gw).await;
+    let in_flight = metric(&m, "gateway_requests_in_flight", r#"route="proxy""#);
+    assert!(in_flight <= 2.0, "{in_flight} streams in flight, cap 2");
+    for task in tasks {
+        let status = tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn at_the_in_flight_cap_excess_load_is_shed_and_memory_stays_flat() {
+    let gw = Gateway::start_with_config(&["--no-access-log"], "[server]\nmax_in_flight = 8\n");
+    let round = |gw: &Gateway| {
+        let tasks: Vec<_> = (0..300)
+            .map(|_| {
+                let url = gw.url("/delay/1000");
+                tokio::spawn(async move { tokio::time::timeout(BOUND, get(&url)).await })
+            })
+            .collect();
+        async move {
+            let (mut ok, mut shed) = (0, 0);
+            for task in tasks {
+                let reply = task.await.unwrap().expect("answered in time");
+                match reply.status {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert_eq!(reply.header("retry-after"), "1");
+                        shed += 1;
+                    }
+                    status => panic!("unexpected {status}"),
+                }
+            }
+            (ok, shed)
+        }
+    };
+    // A first round warms the allocator up; the later ones must not grow.
+    let (ok, shed) = round(&gw).await;
+    assert_eq!(ok + shed, 300);
+    assert!(ok >= 8 && shed > 0, "ok {ok}, shed {shed}");
+    let after_first = gw.rss_kib();
+    let mut total_shed = shed;
+    for _ in 0..4 {
+        let (ok, shed) = round(&gw).await;
+        assert_eq!(ok + shed, 300);
+        assert!(ok >= 8 && shed > 0, "ok {ok}, shed {shed}");
+        total_shed += shed;
+    }
+    let after_last = gw.rss_kib();
+    assert!(
+        after_last < after_first + 4 * 1024,
+        "RSS grew from {after_first} KiB to {after_last} KiB over 1,200 more requests"
+    );
+    let m = scrape(&gw).await;
+    assert_eq!(metric(&m, "gateway_shed_total", ""), total_shed as f64);
+    assert_eq!(
+        metric(&m, "gateway_requests_in_flight", r#"route="proxy""#),
+        0.0
+    );
+}

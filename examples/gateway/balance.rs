@@ -1,9 +1,10 @@
 //! Layer 6: choosing the upstream ([`ChooseUpstream`]), following the
 //! circuit breakers.
 //!
-//! On the proxied path the choice and the breakers are one step: upstreams
-//! are taken round robin, and the first one in that order whose breaker
-//! grants a call ([`Breaker::try_acquire`]) gets the request, so an open
+//! On the proxied path the choice and the breakers are one step: the
+//! balancer (`upstream.balance`) names an upstream, and the first one from
+//! there in rotation order whose breaker grants a call
+//! ([`Breaker::try_acquire`]) gets the request, so an open
 //! breaker takes its upstream out of rotation at once and its share of the
 //! traffic goes to the others (a rejection costs no upstream call, so this
 //! needs no retry budget). Only when every breaker refuses is the request
@@ -13,11 +14,15 @@
 //! arrives, classified by `breaker::UpstreamClassifier`; a cancelled call is
 //! neither success nor failure.
 //!
-//! Why round robin over breakers rather than tower's p2c balancer: see
-//! `docs/architecture.md` (measured there).
+//! The balancer: `p2c` (default) looks at two upstreams, the next in
+//! rotation and one other picked by a hash of the rotation counter, and
+//! names the one with fewer requests awaiting their response head (ties go
+//! to the rotation, so an idle gateway is round robin); `round_robin` names
+//! the next in rotation. Why this and not tower's `p2c::Balance` over
+//! `PeakEwma`: see `docs/architecture.md` (measured there).
 //!
 //! Without breakers (the `[batch]` path, whose breaker layer sits below the
-//! choice) it is plain round robin.
+//! choice) the balancer's choice is final.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +38,7 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use crate::breaker::UpstreamClassifier;
+use crate::config::Balance;
 use crate::proxy::{ErrorChain, UpstreamErrorKind};
 use crate::telemetry::UpstreamMetrics;
 
@@ -55,11 +61,21 @@ pub struct Upstream {
 pub struct Upstreams {
     list: Vec<Upstream>,
     next: AtomicUsize,
+    balance: Balance,
+    /// Per upstream: requests sent to it that have no response head yet
+    /// (`p2c` only; each on its own cache line, every request touches one).
+    pending: Box<[Pending]>,
 }
 
+/// One upstream's count of requests awaiting a response head.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Pending(AtomicUsize);
+
 impl Upstreams {
-    /// Upstreams from validated base URIs (`http://host:port`).
-    pub fn new(uris: &[Uri]) -> Self {
+    /// Upstreams from validated base URIs (`http://host:port`), balanced by
+    /// `balance`.
+    pub fn new(uris: &[Uri], balance: Balance) -> Self {
         let list = uris
             .iter()
             .enumerate()
@@ -72,9 +88,28 @@ impl Upstreams {
             })
             .collect();
         Self {
+            pending: uris.iter().map(|_| Pending::default()).collect(),
             list,
             next: AtomicUsize::new(0),
+            balance,
         }
+    }
+
+    /// The balancer's pick for the next request (before the breakers have
+    /// their say).
+    fn pick(&self) -> usize {
+        let n = self.list.len();
+        let start = self.next();
+        let a = start % n;
+        if n == 1 || self.balance == Balance::RoundRobin {
+            return a;
+        }
+        // The other candidate: any upstream but `a`, spread by a
+        // multiplicative hash of the counter (no RNG state to share).
+        let mix = (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let b = (a + 1 + (mix as usize) % (n - 1)) % n;
+        let load = |i: usize| self.pending[i].0.load(Ordering::Relaxed);
+        if load(b) < load(a) { b } else { a }
     }
 
     /// The upstreams, in configuration order.
@@ -188,13 +223,13 @@ impl<S> ChooseUpstream<S> {
     /// last refusal when every breaker refuses.
     fn choose(&self) -> Result<(usize, Option<Permit>), Rejected> {
         let n = self.upstreams.list.len();
-        let start = self.upstreams.next();
+        let first = self.upstreams.pick();
         let Some(breakers) = &self.breakers else {
-            return Ok((start % n, None));
+            return Ok((first, None));
         };
         let mut refused = None;
         for k in 0..n {
-            let i = (start + k) % n;
+            let i = (first + k) % n;
             match breakers.list[i].try_acquire() {
                 Ok(permit) => return Ok((i, Some(permit))),
                 Err(rejected) => refused = Some(rejected),
@@ -234,7 +269,7 @@ where
             index,
             permit,
             classifier: self.breakers.as_ref().map(|b| b.classifier),
-            upstreams: self.upstreams.clone(),
+            upstreams: InFlight::new(self.upstreams.clone(), index),
             metrics: self.metrics.clone(),
         }
     }
@@ -252,7 +287,7 @@ pin_project! {
             index: usize,
             permit: Option<Permit>,
             classifier: Option<UpstreamClassifier>,
-            upstreams: Arc<Upstreams>,
+            upstreams: InFlight,
             metrics: Arc<UpstreamMetrics>,
         },
         /// Every breaker refused.
@@ -288,6 +323,7 @@ where
                 metrics,
             } => {
                 let result = ready!(inner.poll(cx)).map_err(Into::into);
+                upstreams.done();
                 if let (Some(permit), Some(classifier)) = (permit.take(), classifier) {
                     permit.record(classifier.classify(&result));
                 }
@@ -295,7 +331,7 @@ where
                     && let Some(kind) = UpstreamErrorKind::of(&**e)
                 {
                     metrics.record(*index, kind);
-                    let upstream = &upstreams.list[*index].authority;
+                    let upstream = &upstreams.upstreams.list[*index].authority;
                     tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&**e), "upstream request failed");
                 }
                 Poll::Ready(result)
@@ -305,5 +341,44 @@ where
                 .expect("ChooseFuture polled after completion")
                 .into())),
         }
+    }
+}
+
+// === InFlight ===
+
+/// Counts a request in its upstream's pending requests (`p2c`) from the
+/// choice until its response head, or until its future is dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    upstreams: Arc<Upstreams>,
+    index: usize,
+    counted: bool,
+}
+
+impl InFlight {
+    fn new(upstreams: Arc<Upstreams>, index: usize) -> Self {
+        let counted = upstreams.balance == Balance::P2c && upstreams.list.len() > 1;
+        if counted {
+            upstreams.pending[index].0.fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            upstreams,
+            index,
+            counted,
+        }
+    }
+
+    fn done(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.upstreams.pending[self.index]
+                .0
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.done();
     }
 }

@@ -36,12 +36,16 @@ pub async fn run(config: Config) -> Result<u8, BoxError> {
         );
     }
     let shutdown = crate::shutdown_signal()?;
-    let upstreams = Arc::new(Upstreams::new(&upstreams));
+    let upstreams = Arc::new(Upstreams::new(&upstreams, config.upstream.balance));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     let request_metrics = Arc::new(RequestMetrics::new());
     let forward = || {
         ChooseUpstreamLayer::new(upstreams.clone(), upstream_metrics.clone()).layer(
-            UpstreamTimeoutLayer::new(&config).layer(Proxy::new(&upstreams, &config.upstream)),
+            UpstreamTimeoutLayer::new(&config).layer(Proxy::new(
+                &upstreams,
+                &config.upstream,
+                workers::copies(&config),
+            )),
         )
     };
     let builder = workers::http_builder(&config);

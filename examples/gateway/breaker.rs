@@ -114,6 +114,16 @@ impl<B> Classify<http::Response<B>, BoxError> for UpstreamClassifier {
             Err(e) if crate::request_body::ClientBodyError::find(&**e).is_some() => {
                 Outcome::Ignored
             }
+            // The gateway's own connection cap: nothing was asked of the
+            // upstream.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<crate::proxy::ProxyError>(),
+                    Some(crate::proxy::ProxyError::PoolExhausted)
+                ) =>
+            {
+                Outcome::Ignored
+            }
             // Answered by another upstream after this one refused the
             // connection (`failover.rs`): this one failed.
             Ok(res)
@@ -136,7 +146,9 @@ impl UpstreamClassifier {
         result: &Result<http::Response<B>, crate::proxy::ProxyError>,
     ) -> Outcome {
         match result {
-            Err(crate::proxy::ProxyError::Client(_)) => Outcome::Ignored,
+            Err(crate::proxy::ProxyError::Client(_) | crate::proxy::ProxyError::PoolExhausted) => {
+                Outcome::Ignored
+            }
             Err(_) => Outcome::Failure,
             Ok(res) if self.0.is_failure(res.status()) => Outcome::Failure,
             Ok(_) => Outcome::Success,

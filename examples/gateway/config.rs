@@ -189,9 +189,31 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: ConfigDuration,
     /// Most idle connections kept per upstream (0: no reuse).
     pub pool_max_idle: usize,
-    /// Retries on another upstream after a connect error (nothing was
-    /// sent, so any request may go elsewhere): this share of the requests
-    /// of the current window, 0.0..=1.0...
+    /// Most connections open to one upstream at once (idle or in use; with
+    /// thread-per-core workers, split across them, rounded up). Envoy's
+    /// cluster default is 1,024 too.
+    pub pool_max_connections: usize,
+    /// How long a request waits for a connection when its upstream is at
+    /// `pool_max_connections` before it is answered 503.
+    pub pool_wait_timeout: ConfigDuration,
+    /// How requests are spread over the upstreams whose breaker admits
+    /// them: `"p2c"` (the less loaded of two, by requests awaiting their
+    /// response head) or `"round_robin"`.
+    pub balance: Balance,
+    /// Retry an idempotent request without a body (GET, HEAD, OPTIONS,
+    /// TRACE, PUT, DELETE) once after it was sent: on a fresh connection
+    /// when a reused one failed before any response byte, else on another
+    /// upstream, after a connection failure before the response head or an
+    /// answer in `retry_statuses`. Within the retry budget below.
+    pub retry_idempotent: bool,
+    /// Upstream statuses (500..=599) after which an idempotent request is
+    /// retried on another upstream; none by default (nginx's default too:
+    /// a 5xx is often the application's answer, not a broken upstream).
+    pub retry_statuses: Vec<u16>,
+    /// Retries on another upstream (after a connect error, when nothing was
+    /// sent and any request may go elsewhere, and the idempotent retries of
+    /// `retry_idempotent`): this share of the requests of the current
+    /// window, 0.0..=1.0...
     pub retry_budget_ratio: f64,
     /// ...plus at least this many per window (0 and a ratio of 0 turn
     /// retries off)...
@@ -212,12 +234,29 @@ impl Default for UpstreamConfig {
             connect_timeout: ConfigDuration::from_secs(5),
             pool_idle_timeout: ConfigDuration::from_secs(4),
             pool_max_idle: 1024,
+            pool_max_connections: 1024,
+            pool_wait_timeout: ConfigDuration::from_secs(1),
+            balance: Balance::default(),
+            retry_idempotent: true,
+            retry_statuses: Vec::new(),
             retry_budget_ratio: 0.2,
             retry_budget_min: 10,
             retry_budget_window: ConfigDuration::from_secs(10),
             uris: Vec::new(),
         }
     }
+}
+
+/// `upstream.balance`: how the next upstream is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Power of two choices: of two upstreams, the one with fewer requests
+    /// awaiting a response head (measured in docs/architecture.md).
+    #[default]
+    P2c,
+    /// Each upstream in turn.
+    RoundRobin,
 }
 
 /// Log output format.
@@ -346,6 +385,10 @@ impl Config {
             ("upstream.timeout", self.upstream.timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             (
+                "upstream.pool_wait_timeout",
+                self.upstream.pool_wait_timeout,
+            ),
+            (
                 "upstream.pool_idle_timeout",
                 self.upstream.pool_idle_timeout,
             ),
@@ -373,6 +416,21 @@ impl Config {
                     "{} is not within 0.0..=1.0",
                     self.upstream.retry_budget_ratio
                 ),
+            ));
+        }
+        at_least_one(
+            "upstream.pool_max_connections",
+            self.upstream.pool_max_connections as u64,
+        )?;
+        if let Some(status) = self
+            .upstream
+            .retry_statuses
+            .iter()
+            .find(|s| !(500..=599).contains(*s))
+        {
+            return Err(ConfigError::key(
+                "upstream.retry_statuses",
+                format!("{status} is not a 5xx status"),
             ));
         }
         if self.upstream.pool_max_idle > MAX_POOL_IDLE {

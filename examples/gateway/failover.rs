@@ -1,24 +1,36 @@
-//! Retrying a request on another upstream after a connect error, within a
-//! retry budget ([`Failover`]).
+//! Retrying a request on another upstream, within a retry budget
+//! ([`Failover`]).
 //!
-//! A connect error means nothing of the request was sent, so any request
-//! (whatever its method, its body still unread) can go to another upstream.
+//! Two kinds of request may go to another upstream once their first one
+//! failed them:
+//! - any request, after a connect error: nothing of it was sent (its body
+//!   is still unread);
+//! - with `upstream.retry_idempotent` (on by default), an idempotent
+//!   request without a body ([`Replay::of`]: GET, HEAD, OPTIONS, TRACE, PUT,
+//!   DELETE), after it was sent: when the connection failed before the
+//!   response head, or the upstream answered a status listed in
+//!   `upstream.retry_statuses` (none by default). Its head is kept for that
+//!   (one header map copy per such request, measured in docs/benchmarks.md);
+//!   a request with a body is never resent once any of it was sent.
+//!
 //! `Proxy` asks [`Failover::alternative`] for the next upstream in rotation
-//! whose breaker grants a permit, and the budget bounds how many such
-//! retries there are: at least `upstream.retry_budget_min` per
+//! whose breaker grants a permit, and the budget bounds how many retries
+//! there are: at least `upstream.retry_budget_min` per
 //! `upstream.retry_budget_window`, plus `upstream.retry_budget_ratio` of
 //! the window's requests, so during an outage retries cannot multiply the
-//! load (the first attempts already fail fast on a refused connect).
+//! load. One retry per request at most.
 //!
 //! The failed upstream's breaker still records the failure: the response
 //! carries a [`FailedOver`] extension that `breaker::UpstreamClassifier`
-//! counts as a failure of the first choice, and the connect error is counted
-//! in `gateway_upstream_errors_total` as before. Counted in
-//! `gateway_upstream_retries_total{outcome="retried"|"budget_exhausted"}`.
+//! counts as a failure of the first choice, and a connection error is
+//! counted in `gateway_upstream_errors_total` as if it had not been retried.
+//! Counted in `gateway_upstream_retries_total{outcome="retried"|"budget_exhausted"}`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body::Body as _;
 use palisade::breaker::{Breaker, Permit};
 use tokio::time::Instant;
 
@@ -27,15 +39,69 @@ use crate::breaker::UpstreamClassifier;
 use crate::config::UpstreamConfig;
 use crate::pool::HostPool;
 use crate::proxy::UpstreamErrorKind;
+use crate::request_body::RequestBody;
 use crate::telemetry::UpstreamMetrics;
 
 /// Metric: retries on another upstream, by outcome.
 pub const RETRIES_TOTAL: &str = "gateway_upstream_retries_total";
 
 /// Response extension: the request was sent to another upstream after
-/// upstream `0` (an index) refused the connection.
+/// upstream `0` (an index) failed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailedOver(pub usize);
+
+/// Why a request is retried on another upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The connection failed: refused ([`UpstreamErrorKind::Connect`]) or
+    /// broken before the response head ([`UpstreamErrorKind::Protocol`]).
+    Failed(UpstreamErrorKind),
+    /// The upstream answered one of `upstream.retry_statuses`.
+    Status,
+}
+
+// === Replay ===
+
+/// The head of an idempotent request without a body, kept to send it again.
+#[derive(Debug)]
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// A copy of `req`'s head if it may be sent twice: an idempotent method
+    /// (RFC 9110 9.2.2) and no body.
+    pub fn of(req: &Request<RequestBody>) -> Option<Self> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        if !idempotent || !req.body().is_end_stream() {
+            return None;
+        }
+        Some(Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    /// The request, once more.
+    pub fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
 
 /// What `Proxy` needs to retry elsewhere; shared by every clone.
 pub struct Failover {
@@ -45,6 +111,8 @@ pub struct Failover {
     breakers: Arc<[Breaker]>,
     metrics: Arc<UpstreamMetrics>,
     budget: Arc<RetryBudget>,
+    idempotent: bool,
+    statuses: Arc<[StatusCode]>,
     retried: metrics::Counter,
     exhausted: metrics::Counter,
 }
@@ -83,7 +151,7 @@ impl Failover {
     ) -> Self {
         metrics::describe_counter!(
             RETRIES_TOTAL,
-            "Requests retried on another upstream after a connect error, by outcome (retried, budget_exhausted)."
+            "Requests retried on another upstream (after a connect error, or idempotent ones after a failure once sent), by outcome (retried, budget_exhausted)."
         );
         Self {
             upstreams,
@@ -96,6 +164,12 @@ impl Failover {
                 config.retry_budget_min,
                 config.retry_budget_window.get(),
             )),
+            idempotent: config.retry_idempotent,
+            statuses: config
+                .retry_statuses
+                .iter()
+                .filter_map(|s| StatusCode::from_u16(*s).ok())
+                .collect(),
             retried: metrics::counter!(RETRIES_TOTAL, "outcome" => "retried"),
             exhausted: metrics::counter!(RETRIES_TOTAL, "outcome" => "budget_exhausted"),
         }
@@ -111,17 +185,30 @@ impl Failover {
             breakers: self.breakers.clone(),
             metrics: self.metrics.clone(),
             budget: self.budget.clone(),
+            idempotent: self.idempotent,
+            statuses: self.statuses.clone(),
             retried: self.retried.clone(),
             exhausted: self.exhausted.clone(),
         }
     }
 
-    /// After upstream `failed` refused the connection: the next upstream in
-    /// rotation whose breaker admits a call, if the budget allows a retry.
-    /// Counts the retry or its refusal, and the connect error when it is
-    /// retried (otherwise the error itself reaches the choice, which counts
-    /// it).
-    pub fn alternative(&self, failed: usize) -> Option<Alternative> {
+    /// Whether idempotent requests are retried once sent
+    /// (`upstream.retry_idempotent`).
+    pub fn retries_idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// Whether an idempotent request answered `status` is retried.
+    pub fn retries_status(&self, status: StatusCode) -> bool {
+        status.is_server_error() && self.statuses.contains(&status)
+    }
+
+    /// After upstream `failed` failed a request (`why`): the next upstream
+    /// in rotation whose breaker admits a call, if the budget allows a
+    /// retry. Counts the retry or its refusal, and the connection error when
+    /// it is retried (otherwise the error itself reaches the choice, which
+    /// counts it).
+    pub fn alternative(&self, failed: usize, why: Why) -> Option<Alternative> {
         let list = self.upstreams.list();
         let n = list.len();
         if n < 2 {
@@ -135,9 +222,11 @@ impl Failover {
         for k in 1..n {
             let i = (failed + k) % n;
             if let Ok(permit) = self.breakers[i].try_acquire() {
-                self.metrics.record(failed, UpstreamErrorKind::Connect);
+                if let Why::Failed(kind) = why {
+                    self.metrics.record(failed, kind);
+                }
                 self.retried.increment(1);
-                tracing::debug!(from = %list[failed].authority, to = %list[i].authority, "connect failed, retrying on another upstream");
+                tracing::debug!(from = %list[failed].authority, to = %list[i].authority, why = ?why, "retrying on another upstream");
                 return Some(Alternative {
                     upstream: list[i].clone(),
                     pool: self.pools[i].clone(),

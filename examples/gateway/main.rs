@@ -209,7 +209,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let request_metrics = Arc::new(RequestMetrics::new());
     // Hook (reload.rs): the final list, the demo upstream included.
     let upstream_uris = upstreams.clone();
-    let upstreams = Arc::new(Upstreams::new(&upstreams));
+    let upstreams = Arc::new(Upstreams::new(&upstreams, config.upstream.balance));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     // Validated above; now the upstream list is final.
     let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;

@@ -18,7 +18,7 @@ use tower::Service;
 pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
-use crate::failover::{FailedOver, Failover};
+use crate::failover::{FailedOver, Failover, Replay, Why};
 pub use crate::headers::remove_hop_by_hop;
 use crate::headers::{ClientInfo, prepare_request};
 use crate::pool::{HostPool, Lease};
@@ -57,7 +57,7 @@ impl UpstreamErrorKind {
             match p {
                 ProxyError::Connect(_) => Some(Self::Connect),
                 ProxyError::Upstream(_) => Some(Self::Protocol),
-                ProxyError::Client(_) | ProxyError::NoUpstream => None,
+                ProxyError::Client(_) | ProxyError::PoolExhausted | ProxyError::NoUpstream => None,
             }
         } else {
             None
@@ -94,6 +94,10 @@ pub enum ProxyError {
     /// The client's request body failed (too large, stalled, aborted): the
     /// client's fault, never counted against the upstream.
     Client(ClientBodyError),
+    /// The upstream had `upstream.pool_max_connections` open for all of
+    /// `upstream.pool_wait_timeout` (`pool.rs`): 503, not the upstream's
+    /// failure.
+    PoolExhausted,
     /// No [`Upstream`] extension: `ChooseUpstream` is missing from the stack.
     NoUpstream,
 }
@@ -104,6 +108,7 @@ impl fmt::Display for ProxyError {
             Self::Connect(_) => f.write_str("upstream connect failed"),
             Self::Upstream(_) => f.write_str("upstream request failed"),
             Self::Client(_) => f.write_str("client request body failed"),
+            Self::PoolExhausted => f.write_str("no upstream connection free in time"),
             Self::NoUpstream => f.write_str("no upstream chosen for the request"),
         }
     }
@@ -115,7 +120,7 @@ impl std::error::Error for ProxyError {
             Self::Connect(e) => Some(e),
             Self::Upstream(e) => Some(e),
             Self::Client(e) => Some(e),
-            Self::NoUpstream => None,
+            Self::PoolExhausted | Self::NoUpstream => None,
         }
     }
 }
@@ -143,12 +148,14 @@ impl Proxy {
     }
 
     /// A proxy with one keep-alive pool per upstream, configured from
-    /// `[upstream]`.
-    pub fn new(upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
+    /// `[upstream]`, one of `share` proxies to the same upstreams (a
+    /// thread-per-core worker's: each may open its share of
+    /// `upstream.pool_max_connections`).
+    pub fn new(upstreams: &Upstreams, config: &UpstreamConfig, share: usize) -> Self {
         let pools = upstreams
             .list()
             .iter()
-            .map(|u| Arc::new(HostPool::new(&u.authority, config)))
+            .map(|u| Arc::new(HostPool::new(&u.authority, config, share)))
             .collect();
         Self {
             pools,
@@ -167,7 +174,7 @@ impl Proxy {
         metrics: &Arc<crate::telemetry::UpstreamMetrics>,
         config: &UpstreamConfig,
     ) -> Self {
-        let proxy = Self::new(upstreams, config);
+        let proxy = Self::new(upstreams, config, 1);
         let failover = Failover::new(
             upstreams.clone(),
             proxy.pools(),
@@ -180,10 +187,15 @@ impl Proxy {
     }
 
     /// A copy with its own keep-alive pools (a thread-per-core worker drives
-    /// its own upstream connections) and the same failover budget and
-    /// breakers.
-    pub fn with_own_pools(&self, upstreams: &Upstreams, config: &UpstreamConfig) -> Self {
-        let mut proxy = Self::new(upstreams, config);
+    /// its own upstream connections; one of `share`) and the same failover
+    /// budget and breakers.
+    pub fn with_own_pools(
+        &self,
+        upstreams: &Upstreams,
+        config: &UpstreamConfig,
+        share: usize,
+    ) -> Self {
+        let mut proxy = Self::new(upstreams, config, share);
         proxy.failover = self
             .failover
             .as_ref()
@@ -231,6 +243,20 @@ impl Service<Request<RequestBody>> for Proxy {
         let client = self.client_info(&req);
         prepare_request(&mut req, &upstream, client);
         let failover = self.failover.clone();
+        // An idempotent request without a body may be sent again after it
+        // was sent (failover.rs); only then is its head copied.
+        if let Some(failover) = failover.as_ref().filter(|f| f.retries_idempotent())
+            && let Some(replay) = Replay::of(&req)
+        {
+            let inner = Box::pin(send_replayable(
+                pool,
+                upstream,
+                req,
+                replay,
+                failover.clone(),
+            ));
+            return ProxyFuture { inner };
+        }
         // The future is boxed (hyper's send future has no nameable type), so
         // keep it small: the common case, an idle connection ready now,
         // queues the request here and the future only awaits the response.
@@ -267,10 +293,12 @@ async fn send_fresh(
     req: Request<RequestBody>,
     failover: Option<Arc<Failover>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender = match pool.connect().await {
+    let mut sender = match pool.open().await {
         Ok(sender) => sender,
         Err(e @ ProxyError::Connect(_)) => {
-            let Some(alt) = failover.and_then(|f| f.alternative(upstream.index)) else {
+            let Some(alt) = failover.and_then(|f| {
+                f.alternative(upstream.index, Why::Failed(UpstreamErrorKind::Connect))
+            }) else {
                 return Err(e);
             };
             let failed = upstream.index;
@@ -294,10 +322,56 @@ async fn send_to(
 ) -> Result<Response<Body>, ProxyError> {
     let mut sender = match pool.try_checkout() {
         Some(sender) => sender,
-        None => pool.connect().await?,
+        None => pool.open().await?,
     };
     let res = sender.send_request(req).await.map_err(upstream_error)?;
     Ok(finish(res, sender, pool, upstream))
+}
+
+/// Sends an idempotent request without a body ([`Replay`]), at most twice
+/// more after its first send: once on a fresh connection when a reused one
+/// failed before any response byte (the upstream may have been closing it
+/// as the request was written, the race every keep-alive client meets),
+/// and once on another upstream after a connection failure or an answer in
+/// `upstream.retry_statuses`, within the budget (`failover.rs`).
+async fn send_replayable(
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+    req: Request<RequestBody>,
+    replay: Replay,
+    failover: Arc<Failover>,
+) -> Result<Response<Body>, ProxyError> {
+    let first = match pool.try_checkout() {
+        Some(mut sender) => match sender.try_send_request(req).await {
+            Ok(res) => Ok(finish(res, sender, pool, upstream.clone())),
+            Err(mut e) => {
+                let (req, why) = match e.take_message() {
+                    Some(req) => (req, "closed before the request was written"),
+                    None => (replay.request(), "failed before the response head"),
+                };
+                tracing::debug!(upstream = %upstream.authority, error = %e.error(), "reused upstream connection {why}; sending on a fresh one");
+                send_fresh(pool, upstream.clone(), req, Some(failover.clone())).await
+            }
+        },
+        None => send_fresh(pool, upstream.clone(), req, Some(failover.clone())).await,
+    };
+    let why = match &first {
+        // Already sent elsewhere after a refused connect: one retry at most.
+        Ok(res) if res.extensions().get::<FailedOver>().is_some() => return first,
+        Ok(res) if failover.retries_status(res.status()) => Why::Status,
+        Err(ProxyError::Upstream(_)) => Why::Failed(UpstreamErrorKind::Protocol),
+        _ => return first,
+    };
+    let Some(alt) = failover.alternative(upstream.index, why) else {
+        return first;
+    };
+    // The first answer is dropped unread (its connection closes with it).
+    drop(first);
+    let result = Box::pin(send_to(alt.pool, alt.upstream, replay.request())).await;
+    alt.permit.record(alt.classifier.classify_proxied(&result));
+    let mut res = result?;
+    res.extensions_mut().insert(FailedOver(upstream.index));
+    Ok(res)
 }
 
 /// A failed exchange is the client's when its request body failed (hyper

@@ -145,7 +145,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     let breaker =
         crate::breaker::layer_carried(&config.breaker, &upstream_names(config), &mut pass)?;
     let hedge = crate::hedge::settings(&config.hedge)?;
-    let upstreams = Arc::new(Upstreams::new(&uris));
+    let upstreams = Arc::new(Upstreams::new(&uris, config.upstream.balance));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
     let scatter = crate::scatter::route(&config.scatter, &upstreams, &config.upstream)?;
     let hedge = crate::hedge::layer(hedge, &upstreams, &config.upstream);

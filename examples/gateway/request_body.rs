@@ -116,7 +116,8 @@ impl Upload {
 
 /// The client's body as the proxy forwards it; see the module docs.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: an empty body the gateway made itself (a retry's).
+    inner: Option<Incoming>,
     /// Bytes the body may still carry.
     remaining: u64,
     /// `server.body_timeout`.
@@ -140,11 +141,22 @@ impl RequestBody {
     /// `upload` is told when the body ends.
     pub fn new(inner: Incoming, max: u64, idle: Duration, upload: Option<Arc<Upload>>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             remaining: max,
             idle,
             timer: None,
             upload,
+        }
+    }
+
+    /// An empty body: what a retried request without a body carries.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            remaining: 0,
+            idle: Duration::ZERO,
+            timer: None,
+            upload: None,
         }
     }
 
@@ -172,7 +184,12 @@ impl http_body::Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         // Every field is Unpin, so no projection.
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let ended = inner.is_end_stream();
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -184,7 +201,7 @@ impl http_body::Body for RequestBody {
                 if let Some(timer) = &mut this.timer {
                     timer.as_mut().reset(Instant::now() + this.idle);
                 }
-                if this.inner.is_end_stream() {
+                if ended {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -208,11 +225,13 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -195,12 +195,13 @@ pub fn proxied(
     // One set of upstream pools per thread-per-core worker (a connection is
     // driven by the worker that uses it); the retry budget and breakers
     // are shared.
+    let copies = crate::workers::copies(config);
     let proxy = crate::workers::PerWorker::new(
-        (0..crate::workers::copies(config))
+        (0..copies)
             .map(|_| {
                 shared
                     .proxy
-                    .with_own_pools(&shared.upstreams, &config.upstream)
+                    .with_own_pools(&shared.upstreams, &config.upstream, copies)
             })
             .collect(),
     );
@@ -260,26 +261,12 @@ pub fn error_response(err: &BoxError, protocol: Protocol) -> Response<Body> {
         answer = if let Some(c) = e.downcast_ref::<ClientBodyError>() {
             Some((c.status(), c.message()))
         } else if e.is::<Overloaded>() {
-            if protocol == Protocol::Grpc {
-                return grpc::trailers_only(
-                    grpc::Code::Unavailable,
-                    "overloaded",
-                    Some(std::time::Duration::from_secs(1)),
-                );
-            }
-            let mut res = Response::new(Body::from("overloaded\n"));
-            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(palisade_core::retry_after_secs(
-                    std::time::Duration::from_secs(1),
-                )),
-            );
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            return res;
+            return busy(protocol, "overloaded");
+        } else if matches!(
+            e.downcast_ref::<ProxyError>(),
+            Some(ProxyError::PoolExhausted)
+        ) {
+            return busy(protocol, "upstream busy");
         } else if e.is::<tower::timeout::error::Elapsed>() {
             Some((StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"))
         } else if e.is::<crate::batch::FetchError>() || e.is::<hyper_util::client::legacy::Error>()
@@ -291,7 +278,9 @@ pub fn error_response(err: &BoxError, protocol: Protocol) -> Response<Body> {
                     (StatusCode::BAD_GATEWAY, "bad gateway\n")
                 }
                 ProxyError::Client(c) => (c.status(), c.message()),
-                ProxyError::NoUpstream => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+                ProxyError::NoUpstream | ProxyError::PoolExhausted => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                }
             })
         } else {
             None
@@ -383,6 +372,27 @@ where
             },
         }
     }
+}
+
+/// `503` with `Retry-After: 1` (gRPC: `UNAVAILABLE` with a 1 s pushback):
+/// the gateway itself has no room right now (the in-flight cap, an
+/// upstream's connection cap), so the client may come back in a moment.
+fn busy(protocol: Protocol, message: &'static str) -> Response<Body> {
+    let after = std::time::Duration::from_secs(1);
+    if protocol == Protocol::Grpc {
+        return grpc::trailers_only(grpc::Code::Unavailable, message, Some(after));
+    }
+    let mut res = Response::new(Body::from(format!("{message}\n")));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    res.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(palisade_core::retry_after_secs(after)),
+    );
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
 }
 
 pin_project! {
