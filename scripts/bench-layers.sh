@@ -13,7 +13,10 @@
 # on WRK_CPU, CPU µs per request from /proc (as bench-proxy.sh).
 #
 # Extra targets (not in the default list, name them in ONLY): full-mt2 and
-# full-tpc2, the full stack with 2 workers in each runtime mode.
+# full-tpc2, the full stack with 2 workers in each runtime mode; two-rr,
+# two-p2c and two-p2c-retry, the full stack over two upstreams (the same
+# one twice) balanced round robin without idempotent retries, p2c without
+# them, and p2c with them (the defaults).
 #
 # One connection by default: with several, the requests handled per wake-up
 # (and so the per-request share of epoll, scheduling and flushing) vary with
@@ -79,6 +82,12 @@ layers = ["hedge"]
 [hedge]
 enabled = true
 delay = "50ms"'
+cfg two-rr '[upstream]
+balance = "round_robin"
+retry_idempotent = false'
+cfg two-p2c '[upstream]
+retry_idempotent = false'
+cfg two-p2c-retry '[upstream]'
 cfg full '[ratelimit.per_client]
 rate = 1000000000
 [ratelimit.global]
@@ -98,7 +107,7 @@ args_of() {
     full-tpc2) a=(--workers 2 --runtime thread-per-core "${a[@]:2}" --no-access-log --config "$WORK/full.toml") ;;
     access_log) a+=(--config "$WORK/$t.toml") ;;
     # Hedging needs somewhere to hedge to: the same upstream twice.
-    hedge) a+=(--upstream "$UP" --no-access-log --config "$WORK/$t.toml") ;;
+    hedge | two-*) a+=(--upstream "$UP" --no-access-log --config "$WORK/$t.toml") ;;
     *) a+=(--no-access-log --config "$WORK/$t.toml") ;;
   esac
   printf '%s\n' "${a[@]}"
@@ -112,6 +121,9 @@ describe() {
     full-mt2) echo "full stack, 2 workers, multi-thread" ;;
     full-tpc2) echo "full stack, 2 workers, thread-per-core" ;;
     access_log) echo "+ telemetry + access log (pipeline)" ;;
+    two-rr) echo "all layers (limits off), 2 upstreams, round robin, no retries" ;;
+    two-p2c) echo "all layers (limits off), 2 upstreams, p2c, no retries" ;;
+    two-p2c-retry) echo "all layers (limits off), 2 upstreams, p2c + retries" ;;
     *) echo "+ $1 alone" ;;
   esac
 }

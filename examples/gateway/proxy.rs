@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use tower::Service;
 
@@ -341,19 +342,23 @@ async fn send_replayable(
     replay: Replay,
     failover: Arc<Failover>,
 ) -> Result<Response<Body>, ProxyError> {
+    // As in `Proxy::call`, the common case (an idle connection ready now)
+    // is the only one awaited inline; every slow path is boxed on its own,
+    // which keeps this future (allocated per request) small.
     let first = match pool.try_checkout() {
         Some(mut sender) => match sender.try_send_request(req).await {
             Ok(res) => Ok(finish(res, sender, pool, upstream.clone())),
-            Err(mut e) => {
-                let (req, why) = match e.take_message() {
-                    Some(req) => (req, "closed before the request was written"),
-                    None => (replay.request(), "failed before the response head"),
-                };
-                tracing::debug!(upstream = %upstream.authority, error = %e.error(), "reused upstream connection {why}; sending on a fresh one");
-                send_fresh(pool, upstream.clone(), req, Some(failover.clone())).await
-            }
+            Err(e) => Box::pin(resend_fresh(pool, upstream.clone(), e, &replay, &failover)).await,
         },
-        None => send_fresh(pool, upstream.clone(), req, Some(failover.clone())).await,
+        None => {
+            Box::pin(send_fresh(
+                pool,
+                upstream.clone(),
+                req,
+                Some(failover.clone()),
+            ))
+            .await
+        }
     };
     let why = match &first {
         // Already sent elsewhere after a refused connect: one retry at most.
@@ -372,6 +377,23 @@ async fn send_replayable(
     let mut res = result?;
     res.extensions_mut().insert(FailedOver(upstream.index));
     Ok(res)
+}
+
+/// A reused connection failed `req` (`e`): send it on a fresh one, the
+/// request itself if it was never written, else its [`Replay`].
+async fn resend_fresh(
+    pool: Arc<HostPool>,
+    upstream: Upstream,
+    mut e: TrySendError<Request<RequestBody>>,
+    replay: &Replay,
+    failover: &Arc<Failover>,
+) -> Result<Response<Body>, ProxyError> {
+    let (req, why) = match e.take_message() {
+        Some(req) => (req, "closed before the request was written"),
+        None => (replay.request(), "failed before the response head"),
+    };
+    tracing::debug!(upstream = %upstream.authority, error = %e.error(), "reused upstream connection {why}; sending on a fresh one");
+    send_fresh(pool, upstream, req, Some(failover.clone())).await
 }
 
 /// A failed exchange is the client's when its request body failed (hyper

@@ -17,10 +17,12 @@
 //!  5a ScatterLayer       [scatter] route: every upstream at once, JSON
 //!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
 //!  5c HedgeLayer          [hedge]: idempotent requests hedged across upstreams
-//!  6 ChooseUpstreamLayer  round robin over the upstreams whose breaker admits
-//!                         the call (one breaker per upstream); 503 when none does
+//!  6 ChooseUpstreamLayer  p2c on pending requests, then the first upstream
+//!                         whose breaker admits the call (one breaker per
+//!                         upstream); 503 when none does
 //!  8 UpstreamTimeoutLayer body cap 413 + body stall 408; upstream.timeout 504
-//!  9 Proxy                forwards over pooled keep-alive connections
+//!  9 Proxy                forwards over pooled keep-alive connections (a cap
+//!                         per upstream); retries within a budget (failover.rs)
 //!    │
 //!  upstream
 //! ```
