@@ -436,11 +436,7 @@ retry_budget_window = "1h"
     );
     // Round robin: 5 of 10 requests are sent to the dead upstream first;
     // 3 of those are retried on the healthy one, the other 2 are 502.
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        statuses.push(get(&gw.url("/")).await.status);
-    }
-    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let (statuses, ok) = common::statuses(&gw.url("/"), 10).await;
     let bad = statuses
         .iter()
         .filter(|s| **s == StatusCode::BAD_GATEWAY)

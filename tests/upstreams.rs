@@ -214,12 +214,8 @@ retry_budget_min = 3
 retry_budget_window = "1h"
 "#,
     );
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        statuses.push(get(&gw.url("/echo")).await.status);
-    }
     // 5 of 10 went to the failing upstream first; 3 were retried.
-    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let (statuses, ok) = common::statuses(&gw.url("/echo"), 10).await;
     assert_eq!(ok, 8, "{statuses:?}");
     let m = scrape(&gw).await;
     assert_eq!(retries(&m, "retried"), 3.0);

@@ -502,6 +502,16 @@ pub async fn get(url: &str) -> Reply {
     send(Request::get(url).body(Full::<Bytes>::default()).unwrap()).await
 }
 
+/// The statuses of `n` sequential `GET url`s, and how many were `200`.
+pub async fn statuses(url: &str, n: usize) -> (Vec<StatusCode>, usize) {
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        statuses.push(get(url).await.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    (statuses, ok)
+}
+
 /// `method url` with `body`.
 pub async fn request(method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
     send(
