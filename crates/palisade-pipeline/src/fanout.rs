@@ -333,6 +333,11 @@ pub(crate) fn spawn<T: Clone + Send + 'static>(
         for b in &branches {
             b.close();
         }
+        // Count what the last stage sent but this task never took (a cut)
+        // before `_alive` goes: the drain's report is read as soon as the
+        // last sender is dropped, and a captured value would only be
+        // dropped after it.
+        drop(output);
     });
     outputs
 }

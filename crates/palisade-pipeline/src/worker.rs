@@ -113,8 +113,12 @@ where
                 let mut progress = false;
                 while let Some(item) = ready.pop_front() {
                     // Room now: a plain `try_send`, no reservation future.
-                    let item = match tx.get_ref().map(|inner| inner.try_send(item)) {
-                        Some(Ok(())) => {
+                    let sent = match tx.get_ref() {
+                        Some(inner) => inner.try_send(item),
+                        None => Err(TrySendError::Closed(item)),
+                    };
+                    let item = match sent {
+                        Ok(()) => {
                             // A reservation left waiting earlier would hold
                             // a slot of the next queue; give it back.
                             tx.abort_send();
@@ -123,12 +127,19 @@ where
                             progress = true;
                             continue;
                         }
-                        Some(Err(TrySendError::Full(item))) => item,
-                        Some(Err(TrySendError::Closed(_))) | None => return Poll::Ready(End::Gone),
+                        Err(TrySendError::Full(item)) => item,
+                        // Gone (a cut can close the next queue while this
+                        // pass runs): the item goes back to `ready`, so the
+                        // cut below counts it.
+                        Err(TrySendError::Closed(item)) => {
+                            ready.push_front(item);
+                            return Poll::Ready(End::Gone);
+                        }
                     };
                     match tx.poll_reserve(cx) {
                         Poll::Ready(Ok(())) => {
-                            if tx.send_item(item).is_err() {
+                            if let Err(e) = tx.send_item(item) {
+                                ready.extend(e.into_inner());
                                 return Poll::Ready(End::Gone);
                             }
                             shared.out.fetch_add(1, Ordering::Release);
@@ -137,7 +148,10 @@ where
                         }
                         // The next stage or the output is gone: nothing held
                         // here can be delivered any more.
-                        Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                        Poll::Ready(Err(_)) => {
+                            ready.push_front(item);
+                            return Poll::Ready(End::Gone);
+                        }
                         Poll::Pending => {
                             ready.push_front(item);
                             break;
