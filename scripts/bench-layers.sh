@@ -25,7 +25,9 @@
 #
 # Usage: scripts/bench-layers.sh [duration=5s] [connections=1] [rounds=1]
 # Env:   MODE, WARMUP (default 3s), PROXY_CPU (1), WRK_CPU (0),
-#        PORT_BASE (default 18180), ONLY (space-separated target names).
+#        PORT_BASE (default 18180), ONLY (space-separated target names),
+#        KEEP (a directory: keep each target's callgrind dump there, for
+#        callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -160,6 +162,10 @@ callgrind_one() {
   wait "$pid" 2>/dev/null || true
   local ir
   ir=$(cat "$WORK"/cg."$t".*.1 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    cp "$WORK"/cg."$t".*.1 "$KEEP/" 2>/dev/null || true
+  fi
   rm -f "$WORK"/cg."$t".*
   printf "| %s | %s | %s |%s\n" "$(describe "$t")" "$(awk -v i="$ir" -v n="$reqs" 'BEGIN { printf "%.0f", i / n }')" "$reqs" "${errors:+ $errors}"
 }

@@ -136,15 +136,18 @@ impl Upstreams {
 #[derive(Clone)]
 pub struct ChooseUpstreamLayer {
     upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-    breakers: Option<Breakers>,
+    /// One breaker per upstream (by index).
+    breakers: Option<Arc<[Breaker]>>,
+    outcome: Arc<Outcomes>,
 }
 
-/// One breaker per upstream (by index) and how calls are classified.
-#[derive(Clone)]
-struct Breakers {
-    list: Arc<[Breaker]>,
-    classifier: UpstreamClassifier,
+/// What a finished request is recorded into, shared by every request's
+/// future through one reference count: the classifier is large, and a copy
+/// per request would be moved with the future by every layer above.
+struct Outcomes {
+    metrics: Arc<UpstreamMetrics>,
+    /// How calls are classified for the breakers (with breakers only).
+    classifier: Option<UpstreamClassifier>,
 }
 
 impl fmt::Debug for ChooseUpstreamLayer {
@@ -162,8 +165,11 @@ impl ChooseUpstreamLayer {
         assert!(!upstreams.list.is_empty(), "at least one upstream");
         Self {
             upstreams,
-            metrics,
             breakers: None,
+            outcome: Arc::new(Outcomes {
+                metrics,
+                classifier: None,
+            }),
         }
     }
 
@@ -175,9 +181,10 @@ impl ChooseUpstreamLayer {
             self.upstreams.list.len(),
             "one breaker per upstream"
         );
-        self.breakers = Some(Breakers {
-            list: breakers.into(),
-            classifier,
+        self.breakers = Some(breakers.into());
+        self.outcome = Arc::new(Outcomes {
+            metrics: self.outcome.metrics.clone(),
+            classifier: Some(classifier),
         });
         self
     }
@@ -190,8 +197,8 @@ impl<S> Layer<S> for ChooseUpstreamLayer {
         ChooseUpstream {
             inner,
             upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
             breakers: self.breakers.clone(),
+            outcome: self.outcome.clone(),
         }
     }
 }
@@ -205,8 +212,8 @@ impl<S> Layer<S> for ChooseUpstreamLayer {
 pub struct ChooseUpstream<S> {
     inner: S,
     upstreams: Arc<Upstreams>,
-    metrics: Arc<UpstreamMetrics>,
-    breakers: Option<Breakers>,
+    breakers: Option<Arc<[Breaker]>>,
+    outcome: Arc<Outcomes>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for ChooseUpstream<S> {
@@ -230,7 +237,7 @@ impl<S> ChooseUpstream<S> {
         let mut refused = None;
         for k in 0..n {
             let i = (first + k) % n;
-            match breakers.list[i].try_acquire() {
+            match breakers[i].try_acquire() {
                 Ok(permit) => return Ok((i, Some(permit))),
                 Err(rejected) => refused = Some(rejected),
             }
@@ -268,9 +275,8 @@ where
             inner: self.inner.call(req),
             index,
             permit,
-            classifier: self.breakers.as_ref().map(|b| b.classifier),
             upstreams: InFlight::new(self.upstreams.clone(), index),
-            metrics: self.metrics.clone(),
+            outcome: self.outcome.clone(),
         }
     }
 }
@@ -286,9 +292,8 @@ pin_project! {
             inner: F,
             index: usize,
             permit: Option<Permit>,
-            classifier: Option<UpstreamClassifier>,
             upstreams: InFlight,
-            metrics: Arc<UpstreamMetrics>,
+            outcome: Arc<Outcomes>,
         },
         /// Every breaker refused.
         Rejected { rejected: Option<Rejected> },
@@ -318,19 +323,18 @@ where
                 inner,
                 index,
                 permit,
-                classifier,
                 upstreams,
-                metrics,
+                outcome,
             } => {
                 let result = ready!(inner.poll(cx)).map_err(Into::into);
                 upstreams.done();
-                if let (Some(permit), Some(classifier)) = (permit.take(), classifier) {
+                if let (Some(permit), Some(classifier)) = (permit.take(), &outcome.classifier) {
                     permit.record(classifier.classify(&result));
                 }
                 if let Err(e) = &result
                     && let Some(kind) = UpstreamErrorKind::of(&**e)
                 {
-                    metrics.record(*index, kind);
+                    outcome.metrics.record(*index, kind);
                     let upstream = &upstreams.upstreams.list[*index].authority;
                     tracing::warn!(%upstream, kind = kind.as_str(), error = %ErrorChain(&**e), "upstream request failed");
                 }

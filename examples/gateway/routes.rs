@@ -190,7 +190,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = RoutesFuture<S::Future, Oneshot<S, Request<B>>>;
+    type Future = RoutesFuture<S::Future, Pin<Box<Oneshot<S, Request<B>>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         if !self.inner_ready
@@ -224,8 +224,11 @@ where
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // Boxed: a service and a request, in a future every layer above
+        // moves; taken only by a `call` without `poll_ready` first (the
+        // connection service always polls first).
         RoutesFuture::Waiting {
-            inner: inner.oneshot(req),
+            inner: Box::pin(inner.oneshot(req)),
         }
     }
 }

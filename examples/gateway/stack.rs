@@ -464,7 +464,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<S::Future, Oneshot<S, Request<Incoming>>>;
+    type Future = Either<S::Future, Pin<Box<Oneshot<S, Request<Incoming>>>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         // The bare peer address: the type the ecosystem's extractors
@@ -480,7 +480,9 @@ where
         let mut cx = Context::from_waker(Waker::noop());
         match stack.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
-            _ => Either::Right(Oneshot::new(stack.clone(), req)),
+            // Boxed: a clone of the stack and the request would otherwise
+            // set the size of every request's future, slow path or not.
+            _ => Either::Right(Box::pin(Oneshot::new(stack.clone(), req))),
         }
     }
 }

@@ -206,8 +206,11 @@ where
         ResponseFuture {
             state: State::Checking {
                 check,
-                inner: Some(inner),
-                req: Some(req),
+                // Boxed: the service and the request are large, and this
+                // state shares its size with the one every admitted request
+                // (and every local-only stack) is in; a Redis round trip
+                // dwarfs the allocation.
+                waiting: Some(Box::new((inner, req))),
                 limiter: self.limiter.clone(),
                 headers: self.headers,
             },
@@ -234,8 +237,8 @@ pin_project! {
     {
         Checking {
             check: Check,
-            inner: Option<S>,
-            req: Option<Req>,
+            // The service `poll_ready` made ready, and the request for it.
+            waiting: Option<Box<(S, Req)>>,
             limiter: Arc<RedisLimiter>,
             headers: Headers,
         },
@@ -262,8 +265,7 @@ where
             match self.as_mut().project().state.project() {
                 StateProj::Checking {
                     check,
-                    inner,
-                    req,
+                    waiting,
                     limiter,
                     headers,
                 } => {
@@ -284,10 +286,9 @@ where
                         return Poll::Ready(Ok(too_many_requests(&limited, headers)));
                     }
                     let headers = *headers;
-                    let mut inner = inner
+                    let (mut inner, req) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let req = req.take().expect("ResponseFuture polled after completion");
                     let future = inner.call(req);
                     self.as_mut().project().state.set(State::Called {
                         future,
