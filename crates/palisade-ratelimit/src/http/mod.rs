@@ -125,11 +125,14 @@ impl Headers {
     /// Writes the fields for `report` into `headers` (replacing existing ones).
     ///
     /// This runs on every admitted response when [`Headers::on_admitted`] is
-    /// set, so it is kept cheap: the `RateLimit-Policy` value, constant for a
-    /// policy and quota, is built once per thread and cloned (a reference
-    /// count, no allocation); the other values are assembled on the stack
-    /// (integers with `itoa`) and copied once into their [`HeaderValue`], with
-    /// no `format!` machinery and no intermediate `String`.
+    /// set, so it is kept cheap: each thread keeps the last few values of
+    /// both fields and clones a value it built before (a reference count, no
+    /// allocation). `RateLimit-Policy` is constant for a policy and quota;
+    /// `RateLimit` repeats whenever the remaining count and reset do, as on
+    /// every response to a client well below its limit. A value not cached
+    /// is assembled on the stack (integers with `itoa`) and copied once into
+    /// its [`HeaderValue`], with no `format!` machinery and no intermediate
+    /// `String`.
     pub fn apply(&self, report: &Report, headers: &mut HeaderMap) {
         let limit = report.quota.burst();
         let remaining = report.decision.remaining();
@@ -142,7 +145,7 @@ impl Headers {
             );
             headers.insert(
                 RATELIMIT.clone(),
-                structured(report.policy, b";r=", remaining.into(), b";t=", reset),
+                ratelimit_value(report.policy, remaining, reset),
             );
         }
         if self.legacy {
@@ -159,50 +162,99 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// How many `RateLimit-Policy` values each thread keeps (a request reports
-/// one policy; a few cover a tuple of policies and keys with quota overrides).
-const POLICY_CACHE: usize = 4;
+/// How many values of each field each thread keeps: a request reports one
+/// policy; a few cover a tuple of policies and keys with quota overrides
+/// (`RateLimit-Policy`), or a few clients near their limits (`RateLimit`).
+const VALUE_CACHE: usize = 4;
 
-/// A `RateLimit-Policy` value and what it was built from.
-struct CachedPolicy {
+/// A field value and what it was built from.
+struct CachedValue {
     name: &'static str,
-    limit: u32,
-    window: u64,
+    a: u64,
+    b: u64,
     value: HeaderValue,
+}
+
+/// The last [`VALUE_CACHE`] values of one field, replaced oldest first.
+struct ValueCache {
+    slots: [Option<CachedValue>; VALUE_CACHE],
+    next: usize,
+}
+
+impl ValueCache {
+    const fn new() -> Self {
+        Self {
+            slots: [const { None }; VALUE_CACHE],
+            next: 0,
+        }
+    }
+
+    fn get_or_build(
+        &mut self,
+        name: &'static str,
+        a: u64,
+        b: u64,
+        build: impl FnOnce() -> HeaderValue,
+    ) -> HeaderValue {
+        let hit = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|c| c.a == a && c.b == b && c.name == name);
+        if let Some(cached) = hit {
+            return cached.value.clone();
+        }
+        let value = build();
+        self.slots[self.next] = Some(CachedValue {
+            name,
+            a,
+            b,
+            value: value.clone(),
+        });
+        self.next = (self.next + 1) % VALUE_CACHE;
+        value
+    }
 }
 
 thread_local! {
     /// Per thread, so a hit is an uncontended reference count increment
-    /// rather than an atomic on a cache line shared by every core.
-    static POLICY_VALUES: RefCell<([Option<CachedPolicy>; POLICY_CACHE], usize)> =
-        const { RefCell::new(([const { None }; POLICY_CACHE], 0)) };
+    /// rather than an atomic on a cache line shared by every core. One cache
+    /// per field, so `RateLimit` values that keep changing never evict the
+    /// constant `RateLimit-Policy` ones.
+    static POLICY_VALUES: RefCell<ValueCache> = const { RefCell::new(ValueCache::new()) };
+    static RATELIMIT_VALUES: RefCell<ValueCache> = const { RefCell::new(ValueCache::new()) };
 }
 
-/// The `RateLimit-Policy` value `"<name>";q=<limit>;w=<window>`, from this
-/// thread's cache when it was built before (replacing the oldest entry when
-/// it was not). Built afresh if the cache is gone (thread teardown).
-fn policy_value(name: &'static str, limit: u32, window: u64) -> HeaderValue {
-    let build = || structured(name, b";q=", limit.into(), b";w=", window);
-    POLICY_VALUES
-        .try_with(|cache| {
-            let (slots, next) = &mut *cache.borrow_mut();
-            let hit = slots.iter().flatten().find(|cached| {
-                cached.limit == limit && cached.window == window && cached.name == name
-            });
-            if let Some(cached) = hit {
-                return cached.value.clone();
-            }
-            let value = build();
-            slots[*next] = Some(CachedPolicy {
-                name,
-                limit,
-                window,
-                value: value.clone(),
-            });
-            *next = (*next + 1) % POLICY_CACHE;
-            value
+/// `name`'s `a`/`b` value from `cache`, built by `build` when it is not
+/// there (or when the cache is gone: thread teardown).
+fn cached(
+    cache: &'static std::thread::LocalKey<RefCell<ValueCache>>,
+    name: &'static str,
+    a: u64,
+    b: u64,
+    build: impl FnOnce() -> HeaderValue,
+) -> HeaderValue {
+    let mut build = Some(build);
+    cache
+        .try_with(|c| {
+            let build = build.take().expect("built once");
+            c.borrow_mut().get_or_build(name, a, b, build)
         })
-        .unwrap_or_else(|_| build())
+        .unwrap_or_else(|_| (build.take().expect("built once"))())
+}
+
+/// The `RateLimit-Policy` value `"<name>";q=<limit>;w=<window>`.
+fn policy_value(name: &'static str, limit: u32, window: u64) -> HeaderValue {
+    cached(&POLICY_VALUES, name, limit.into(), window, || {
+        structured(name, b";q=", limit.into(), b";w=", window)
+    })
+}
+
+/// The `RateLimit` value `"<name>";r=<remaining>;t=<reset>`.
+fn ratelimit_value(name: &'static str, remaining: u32, reset: u64) -> HeaderValue {
+    cached(&RATELIMIT_VALUES, name, remaining.into(), reset, || {
+        structured(name, b";r=", remaining.into(), b";t=", reset)
+    })
 }
 
 /// Values up to this many bytes are assembled on the stack; a longer one
@@ -329,19 +381,21 @@ mod tests {
     }
 
     #[test]
-    fn policy_cache_returns_the_value_of_each_key_across_evictions() {
-        // More distinct keys than cache slots, visited repeatedly, so hits,
-        // misses and evictions all happen; every value must be exact.
+    fn value_caches_return_the_value_of_each_key_across_evictions() {
+        // More distinct keys than cache slots, visited repeatedly and
+        // interleaved across both fields, so hits, misses and evictions all
+        // happen; every value must be exact.
         let keys: Vec<(&'static str, u32, u64)> = ["a", "b", "c"]
             .into_iter()
             .flat_map(|name| [(name, 10, 1), (name, 10, 60), (name, 20, 60)])
             .collect();
-        assert!(keys.len() > POLICY_CACHE);
+        assert!(keys.len() > VALUE_CACHE);
         for round in 0..5 {
-            for &(name, limit, window) in keys.iter().cycle().skip(round).take(keys.len() * 2) {
+            for &(name, x, y) in keys.iter().cycle().skip(round).take(keys.len() * 2) {
+                assert_eq!(policy_value(name, x, y), format!("\"{name}\";q={x};w={y}"));
                 assert_eq!(
-                    policy_value(name, limit, window),
-                    format!("\"{name}\";q={limit};w={window}")
+                    ratelimit_value(name, x, y),
+                    format!("\"{name}\";r={x};t={y}")
                 );
             }
         }
