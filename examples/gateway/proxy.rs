@@ -8,12 +8,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
+use pin_project_lite::pin_project;
 use tower::Service;
 
 pub use crate::balance::{ChooseUpstreamLayer, Upstream, Upstreams};
@@ -249,13 +250,34 @@ impl Service<Request<RequestBody>> for Proxy {
         if let Some(failover) = failover.as_ref().filter(|f| f.retries_idempotent())
             && let Some(replay) = Replay::of(&req)
         {
-            let inner = Box::pin(send_replayable(
-                pool,
-                upstream,
-                req,
-                replay,
-                failover.clone(),
-            ));
+            let failover = failover.clone();
+            let inner: Pin<Box<dyn Future<Output = _> + Send>> = match pool.try_checkout() {
+                // As below, the idle connection takes the request here; the
+                // future only awaits its answer and keeps the copy.
+                Some(mut sender) => {
+                    let sent = sender.try_send_request(req);
+                    Box::pin(Replayable::Sent {
+                        sent,
+                        rest: Some(SentRest {
+                            sender,
+                            pool,
+                            upstream,
+                            replay,
+                            failover,
+                        }),
+                    })
+                }
+                None => Box::pin(async move {
+                    let first = Box::pin(send_fresh(
+                        pool,
+                        upstream.clone(),
+                        req,
+                        Some(failover.clone()),
+                    ))
+                    .await;
+                    retry_elsewhere(first, upstream, replay, failover).await
+                }),
+            };
             return ProxyFuture { inner };
         }
         // The future is boxed (hyper's send future has no nameable type), so
@@ -329,37 +351,89 @@ async fn send_to(
     Ok(finish(res, sender, pool, upstream))
 }
 
-/// Sends an idempotent request without a body ([`Replay`]), at most twice
-/// more after its first send: once on a fresh connection when a reused one
-/// failed before any response byte (the upstream may have been closing it
-/// as the request was written, the race every keep-alive client meets),
-/// and once on another upstream after a connection failure or an answer in
-/// `upstream.retry_statuses`, within the budget (`failover.rs`).
-async fn send_replayable(
+pin_project! {
+    /// An idempotent request without a body ([`Replay`]) queued on an idle
+    /// connection, sent at most twice more: once on a fresh connection when
+    /// the reused one failed before any response byte (the upstream may have
+    /// been closing it as the request was written, the race every keep-alive
+    /// client meets), and once on another upstream after a connection
+    /// failure or an answer in `upstream.retry_statuses`, within the budget
+    /// (`failover.rs`).
+    ///
+    /// Written out rather than an `async fn`, whose state kept the request,
+    /// the copy and the answer apart and came to 1.7 KiB: over glibc's
+    /// per-thread cache, so every request paid a slower allocation. The
+    /// answer awaited here is the common case; every retry is boxed on its
+    /// own.
+    #[project = ReplayableProj]
+    enum Replayable<F> {
+        Sent {
+            #[pin]
+            sent: F,
+            rest: Option<SentRest>,
+        },
+        Retrying {
+            retry: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>,
+        },
+    }
+}
+
+/// What [`Replayable::Sent`] needs once its answer (or failure) is in.
+struct SentRest {
+    sender: SendRequest<RequestBody>,
     pool: Arc<HostPool>,
     upstream: Upstream,
-    req: Request<RequestBody>,
+    replay: Replay,
+    failover: Arc<Failover>,
+}
+
+impl<F> Future for Replayable<F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let retry: Pin<Box<dyn Future<Output = _> + Send>> = match self.as_mut().project() {
+            ReplayableProj::Retrying { retry } => return retry.as_mut().poll(cx),
+            ReplayableProj::Sent { sent, rest } => {
+                let result = ready!(sent.poll(cx));
+                let SentRest {
+                    sender,
+                    pool,
+                    upstream,
+                    replay,
+                    failover,
+                } = rest.take().expect("Replayable polled after completion");
+                match result {
+                    Ok(res) => {
+                        let res = finish(res, sender, pool, upstream.clone());
+                        if !failover.retries_status(res.status()) {
+                            return Poll::Ready(Ok(res));
+                        }
+                        Box::pin(retry_elsewhere(Ok(res), upstream, replay, failover))
+                    }
+                    Err(e) => Box::pin(async move {
+                        let first =
+                            resend_fresh(pool, upstream.clone(), e, &replay, &failover).await;
+                        retry_elsewhere(first, upstream, replay, failover).await
+                    }),
+                }
+            }
+        };
+        self.set(Replayable::Retrying { retry });
+        self.poll(cx)
+    }
+}
+
+/// The first answer, or the [`Replay`] sent to another upstream when the
+/// first failed before its head or answered with a status to retry.
+async fn retry_elsewhere(
+    first: Result<Response<Body>, ProxyError>,
+    upstream: Upstream,
     replay: Replay,
     failover: Arc<Failover>,
 ) -> Result<Response<Body>, ProxyError> {
-    // As in `Proxy::call`, the common case (an idle connection ready now)
-    // is the only one awaited inline; every slow path is boxed on its own,
-    // which keeps this future (allocated per request) small.
-    let first = match pool.try_checkout() {
-        Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(res) => Ok(finish(res, sender, pool, upstream.clone())),
-            Err(e) => Box::pin(resend_fresh(pool, upstream.clone(), e, &replay, &failover)).await,
-        },
-        None => {
-            Box::pin(send_fresh(
-                pool,
-                upstream.clone(),
-                req,
-                Some(failover.clone()),
-            ))
-            .await
-        }
-    };
     let why = match &first {
         // Already sent elsewhere after a refused connect: one retry at most.
         Ok(res) if res.extensions().get::<FailedOver>().is_some() => return first,
