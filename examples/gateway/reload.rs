@@ -232,7 +232,11 @@ pub fn start(
     let admin = AdminReloadLayer {
         trigger: admin.then_some(trigger),
     };
-    Ok(stack::outer(&base.shared, admin.layer(reloader.service())))
+    // No `ServedBy` extension per request: nothing in the gateway reads it
+    // (the version is on the `reload` tracing span), and inserting it
+    // allocates once per request.
+    let generations = reloader.service().stamp_requests(false);
+    Ok(stack::outer(&base.shared, admin.layer(generations)))
 }
 
 /// Runs one reload.
