@@ -17,7 +17,8 @@
 # two-p2c and two-p2c-retry, the full stack over two upstreams (the same
 # one twice) balanced round robin without idempotent retries, p2c without
 # them, and p2c with them (the defaults); full-noretry, the full stack
-# without the idempotent retries' head copy.
+# without the idempotent retries' head copy; full-lean, also without the
+# RateLimit fields on admitted responses.
 #
 # One connection by default: with several, the requests handled per wake-up
 # (and so the per-request share of epoll, scheduling and flushing) vary with
@@ -101,6 +102,14 @@ retry_idempotent = false
 rate = 1000000000
 [ratelimit.global]
 rate = 1000000000'
+cfg full-lean '[upstream]
+retry_idempotent = false
+[ratelimit]
+headers = false
+[ratelimit.per_client]
+rate = 1000000000
+[ratelimit.global]
+rate = 1000000000'
 
 TARGETS=(bare none telemetry access_log routes drain shed ratelimit breaker batch scatter hedge full)
 [ -n "${ONLY:-}" ] && read -r -a TARGETS <<<"$ONLY"
@@ -128,6 +137,7 @@ describe() {
     none) echo "stack, no optional layer" ;;
     full) echo "full stack (limits configured)" ;;
     full-noretry) echo "full stack, upstream.retry_idempotent = false" ;;
+    full-lean) echo "full stack, no retries, ratelimit.headers = false" ;;
     full-mt2) echo "full stack, 2 workers, multi-thread" ;;
     full-tpc2) echo "full stack, 2 workers, thread-per-core" ;;
     access_log) echo "+ telemetry + access log (pipeline)" ;;
