@@ -406,11 +406,11 @@ where
                     failover,
                 } = rest.take().expect("Replayable polled after completion");
                 match result {
+                    Ok(res) if !failover.retries_status(res.status()) => {
+                        return Poll::Ready(Ok(finish(res, sender, pool, upstream)));
+                    }
                     Ok(res) => {
                         let res = finish(res, sender, pool, upstream.clone());
-                        if !failover.retries_status(res.status()) {
-                            return Poll::Ready(Ok(res));
-                        }
                         Box::pin(retry_elsewhere(Ok(res), upstream, replay, failover))
                     }
                     Err(e) => Box::pin(async move {
