@@ -92,9 +92,7 @@ async fn a_full_concurrency_limit_sheds_with_503_until_a_slot_frees() {
     wait_busy(&app, 1).await;
 
     let shed = get(&app.url("/")).await;
-    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(shed.header("retry-after"), "1");
-    assert_eq!(shed.text(), "overloaded\n");
+    shed.assert_unavailable("overloaded\n");
     // Routes added after the stack are not limited.
     assert_eq!(get(&app.url("/healthz")).await.text(), "ok\n");
 

@@ -75,9 +75,7 @@ async fn failing_upstream_opens_the_breaker_and_probes_close_it() {
     // more calls.
     for _ in 0..3 {
         let reply = get(&gw.url("/items/1")).await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(reply.header("retry-after"), "1");
-        assert_eq!(reply.text(), "service unavailable\n");
+        reply.assert_unavailable("service unavailable\n");
     }
     let m = scrape(&gw).await;
     assert_eq!(metric(&m, STATE, UPSTREAM), 1.0, "open");

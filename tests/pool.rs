@@ -51,9 +51,7 @@ async fn cpu_jobs_run_off_the_reactor_and_over_the_bound_answer_503() {
 
     // Over the bound: refused now, with the project's Retry-After rule.
     let shed = get(&gw.url("/cpu/10")).await;
-    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(shed.header("retry-after"), "1");
-    assert_eq!(shed.text(), "cpu pool full\n");
+    shed.assert_unavailable("cpu pool full\n");
 
     // All of that happened while both jobs were still spinning.
     let text = scrape(&gw).await;

@@ -443,6 +443,20 @@ impl Reply {
         String::from_utf8(self.body.to_vec()).expect("UTF-8 body")
     }
 
+    /// Asserts the answer is the project's "try again shortly" refusal: 503,
+    /// `Retry-After: 1` (the one Retry-After rule: whole seconds, rounded
+    /// up, at least 1) and `body`.
+    pub fn assert_unavailable(&self, body: &str) {
+        assert_eq!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{:?}",
+            self.text()
+        );
+        assert_eq!(self.header("retry-after"), "1");
+        assert_eq!(self.text(), body);
+    }
+
     /// A header as text (panics if missing).
     pub fn header(&self, name: &str) -> &str {
         self.headers
