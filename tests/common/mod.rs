@@ -590,6 +590,17 @@ pub async fn wait_for_metric(gw: &Gateway, name: &str, labels: &str, value: f64)
     panic!("{name}{{{labels}}} never reached {value}; last scrape:\n{last}");
 }
 
+/// Calls the breaker of upstream `index` recorded as failures, from a
+/// `/metrics` scrape.
+pub fn breaker_failures(text: &str, index: usize) -> f64 {
+    let breaker = format!("upstream/{index}");
+    metric_with(
+        text,
+        "palisade_breaker_calls_total",
+        &[("breaker", &breaker), ("outcome", "failure")],
+    )
+}
+
 /// Label order of a rendered sample is not guaranteed; this finds a sample
 /// of `name` having every `k="v"` pair in `labels`, in any order.
 pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
