@@ -260,6 +260,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline(always)]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (index, permit) = match self.choose() {
             Ok(chosen) => chosen,
@@ -317,6 +318,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ChooseProj::Chosen {

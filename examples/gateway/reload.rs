@@ -309,6 +309,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(trigger) = self
             .trigger
@@ -382,6 +383,7 @@ where
 {
     type Output = Result<Response<Body>, Infallible>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             AdminFutureProj::Inner { inner } => inner.poll(cx),

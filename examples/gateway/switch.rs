@@ -135,6 +135,7 @@ where
         }
     }
 
+    #[inline(always)]
     fn call(&mut self, req: R) -> Self::Future {
         match self {
             Switch::On(a) => SwitchFuture::On { inner: a.call(req) },
@@ -163,6 +164,7 @@ where
 {
     type Output = Result<T, EA>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             SwitchProj::On { inner } => inner.poll(cx),

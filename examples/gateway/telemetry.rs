@@ -281,6 +281,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let route = self.routes.classify(req.uri().path());
@@ -349,6 +350,7 @@ where
 {
     type Output = F::Output;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));

@@ -81,6 +81,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let s = self.settings;
         let (parts, body) = req.into_parts();
@@ -139,6 +140,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             UpstreamTimeoutProj::Waiting {

@@ -120,7 +120,7 @@ where
         self.service.poll_ready(cx)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let served_by = ServedBy {
             version: self.version,
