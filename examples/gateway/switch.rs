@@ -86,6 +86,11 @@ impl StackConfig {
         self.layers.contains(&layer)
     }
 
+    /// Whether every optional layer is built (the default).
+    pub fn has_all(&self) -> bool {
+        LayerName::ALL.iter().all(|name| self.has(*name))
+    }
+
     /// `layer` when it is on, a pass-through otherwise.
     pub fn switch<L>(&self, name: LayerName, layer: L) -> SwitchLayer<L> {
         SwitchLayer(self.has(name).then_some(layer))
