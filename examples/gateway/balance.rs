@@ -260,7 +260,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (index, permit) = match self.choose() {
             Ok(chosen) => chosen,
@@ -318,7 +318,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ChooseProj::Chosen {

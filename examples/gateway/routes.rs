@@ -202,7 +202,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = self.state.routes.classify(req.uri().path());
         if route != Route::Proxy {
@@ -366,7 +366,7 @@ where
 {
     type Output = Result<Response<Body>, E>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RoutesFutureProj::Called { inner } => inner.poll(cx),

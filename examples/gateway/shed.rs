@@ -167,7 +167,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: R) -> Self::Future {
         match self
             .reserved
@@ -214,7 +214,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             InFlightProj::Admitted { inner, .. } => inner.poll(cx).map_err(Into::into),

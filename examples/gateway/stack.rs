@@ -63,10 +63,13 @@
 //!   upstream.
 //!
 //! Every layer's `call` and its future's `poll` on the forwarding path are
-//! `#[inline(always)]` (here and in palisade-ratelimit, -shutdown and
-//! -reload): fifteen nested calls otherwise each copy the request and the
-//! future below them, and inlining lets the compiler build them in place
-//! (about 1,000 fewer instructions per request, docs/benchmarks.md).
+//! `#[inline(always)]` in optimized builds (here and in palisade-ratelimit,
+//! -shutdown and -reload): fifteen nested calls otherwise each copy the
+//! request and the future below them, and inlining lets the compiler build
+//! them in place (about 1,000 fewer instructions per request,
+//! docs/benchmarks.md). Not in debug builds (`debug_assertions`): without
+//! optimization nothing shares stack slots, and the whole stack inlined
+//! into one frame overflowed a worker thread's 2 MiB stack.
 //!
 //! Around the stack, per connection (`main.rs`, palisade-shutdown's
 //! `Server`): `server.max_connections`, `server.first_bytes_timeout`,
@@ -203,7 +206,11 @@ where
     macro_rules! outer_layers {
         ($opt:ident) => {
             ServiceBuilder::new()
-                .layer($opt!(layers, LayerName::Telemetry, shared.telemetry.clone()))
+                .layer($opt!(
+                    layers,
+                    LayerName::Telemetry,
+                    shared.telemetry.clone()
+                ))
                 .layer($opt!(layers, LayerName::Routes, shared.routes.clone()))
                 .service(inner)
         };
@@ -255,7 +262,11 @@ pub fn proxied(
                 .layer(ErrorResponseLayer)
                 .layer($opt!(layers, LayerName::Shed, shared.in_flight.clone()))
                 .layer($opt!(layers, LayerName::Drain, shared.drain.layer()))
-                .layer($opt!(layers, LayerName::Ratelimit, shared.ratelimit.clone()))
+                .layer($opt!(
+                    layers,
+                    LayerName::Ratelimit,
+                    shared.ratelimit.clone()
+                ))
                 .layer($opt!(layers, LayerName::Scatter, shared.scatter.clone()))
                 .layer($opt!(
                     layers,
@@ -410,7 +421,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let protocol = Protocol::of(req.headers());
         match self.failed.take() {
@@ -465,7 +476,7 @@ where
 {
     type Output = Result<Response<Body>, Infallible>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ErrorResponseProj::Inner { inner, protocol } => {
@@ -516,7 +527,7 @@ where
     type Error = S::Error;
     type Future = Either<S::Future, Pin<Box<Oneshot<S, Request<Incoming>>>>>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         // The bare peer address: the type the ecosystem's extractors
         // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read,

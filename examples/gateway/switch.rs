@@ -140,7 +140,7 @@ where
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: R) -> Self::Future {
         match self {
             Switch::On(a) => SwitchFuture::On { inner: a.call(req) },
@@ -169,7 +169,7 @@ where
 {
     type Output = Result<T, EA>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             SwitchProj::On { inner } => inner.poll(cx),

@@ -81,7 +81,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let s = self.settings;
         let (parts, body) = req.into_parts();
@@ -140,7 +140,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             UpstreamTimeoutProj::Waiting {
