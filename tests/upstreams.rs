@@ -15,7 +15,7 @@ use common::{
     Gateway, assert_config_rejected, breaker_failures, get, metric, metric_with, scrape,
     wait_for_metric,
 };
-use http::StatusCode;
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,9 +264,28 @@ async fn an_idempotent_request_the_upstream_dropped_after_reading_goes_to_anothe
     let gw = Gateway::start(&["--no-access-log", "--upstream", &ur, "--upstream", &uh]);
     let healthy_addr = healthy.addr.to_string();
     // Rotation: resetting (retried on the healthy one), healthy, resetting.
-    let first = get(&gw.url("/echo")).await;
+    // The retry carries the same head: a field sent as two lines stays two
+    // lines, in order.
+    let first = common::send(
+        Request::get(gw.url("/echo?q=1"))
+            .header("accept", "text/html")
+            .header("accept", "*/*")
+            .header("x-request-tag", "t-1")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-echo-served-by"), healthy_addr);
+    assert_eq!(first.header("x-echo-uri"), "/echo?q=1");
+    let accept: Vec<_> = first
+        .headers
+        .get_all("x-echo-h-accept")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(accept, ["text/html", "*/*"]);
+    assert_eq!(first.header("x-echo-h-x-request-tag"), "t-1");
     assert_eq!(get(&gw.url("/echo")).await.status, StatusCode::OK);
     // A POST with a body was sent: never resent.
     let reply = post(&gw.url("/echo"), "hello").await;

@@ -29,7 +29,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body::Body as _;
 use palisade::breaker::{Breaker, Permit};
 use tokio::time::Instant;
@@ -63,11 +63,17 @@ pub enum Why {
 // === Replay ===
 
 /// The head of an idempotent request without a body, kept to send it again.
+///
+/// The fields are kept as a list, not a `HeaderMap` clone: the copy is made
+/// for every such request and used only by the rare retry, and a map clone
+/// is two allocations (its index table and its entries) and a larger
+/// future to move, where the list is one. The map is rebuilt only when a
+/// retry happens.
 #[derive(Debug)]
 pub struct Replay {
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    fields: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Replay {
@@ -89,7 +95,11 @@ impl Replay {
         Some(Self {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            headers: req.headers().clone(),
+            fields: req
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
         })
     }
 
@@ -98,7 +108,13 @@ impl Replay {
         let mut req = Request::new(RequestBody::empty());
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        let headers = req.headers_mut();
+        headers.reserve(self.fields.len());
+        // `append`: a field sent as several lines stays several lines, in
+        // their order (`iter` yields each value of a name in turn).
+        for (name, value) in &self.fields {
+            headers.append(name.clone(), value.clone());
+        }
         req
     }
 }
