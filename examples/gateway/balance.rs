@@ -260,7 +260,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (index, permit) = match self.choose() {
             Ok(chosen) => chosen,
@@ -318,7 +317,6 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ChooseProj::Chosen {

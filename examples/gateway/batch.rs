@@ -194,7 +194,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, ids: Vec<u64>) -> Self::Future {
         let mut query = String::with_capacity(12 + ids.len() * 8);
         query.push_str("/items?ids=");
@@ -269,7 +268,6 @@ impl Service<Request<Empty<Bytes>>> for UpstreamClient {
         Poll::Ready(Ok(()))
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
         let Some(upstream) = req.extensions_mut().remove::<Upstream>() else {
             return Box::pin(std::future::ready(Err(
@@ -347,7 +345,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         match (&self.items, item_id(&req)) {
             (Some(items), Some(id)) => ItemsFuture::Batched {
@@ -378,7 +375,6 @@ where
 {
     type Output = Result<Response<Body>, BoxError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ItemsFutureProj::Inner { inner } => inner.poll(cx).map_err(Into::into),

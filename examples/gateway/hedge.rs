@@ -199,7 +199,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let hedgeable =
             self.hedge.is_some() && is_safe_method(req.method()) && req.body().is_end_stream();

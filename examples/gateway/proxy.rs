@@ -232,7 +232,6 @@ impl Service<Request<RequestBody>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         let upstream = req.extensions_mut().remove::<Upstream>();
         let Some((upstream, pool)) = upstream.and_then(|u| {
@@ -394,7 +393,6 @@ where
 {
     type Output = Result<Response<Body>, ProxyError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let retry: Pin<Box<dyn Future<Output = _> + Send>> = match self.as_mut().project() {
             ReplayableProj::Retrying { retry } => return retry.as_mut().poll(cx),
@@ -515,7 +513,6 @@ impl fmt::Debug for ProxyFuture {
 impl Future for ProxyFuture {
     type Output = Result<Response<Body>, ProxyError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
     }

@@ -309,7 +309,6 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(trigger) = self
             .trigger
@@ -383,7 +382,6 @@ where
 {
     type Output = Result<Response<Body>, Infallible>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             AdminFutureProj::Inner { inner } => inner.poll(cx),

@@ -202,7 +202,6 @@ where
         Poll::Ready(Ok(()))
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = self.state.routes.classify(req.uri().path());
         if route != Route::Proxy {
@@ -366,7 +365,6 @@ where
 {
     type Output = Result<Response<Body>, E>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RoutesFutureProj::Called { inner } => inner.poll(cx),

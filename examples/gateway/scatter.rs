@@ -299,7 +299,6 @@ impl ScatterRoute {
         pq.parse().ok()
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&self, path: PathAndQuery) -> BoxFuture {
         match self.service.clone() {
             ScatterService::All(s) => Box::pin(s.oneshot(path)),
@@ -365,7 +364,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if let Some(route) = &self.route
             && let Some(path) = route.upstream_path(req.uri())
@@ -408,7 +406,6 @@ where
 {
     type Output = Result<Response<Body>, BoxError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RouteProj::Inner { future } => future.poll(cx).map_err(Into::into),

@@ -167,7 +167,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: R) -> Self::Future {
         match self
             .reserved
@@ -214,7 +213,6 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             InFlightProj::Admitted { inner, .. } => inner.poll(cx).map_err(Into::into),

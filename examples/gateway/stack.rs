@@ -62,15 +62,6 @@
 //!   error, `Ignored` by the breaker above), never a 504 charged to the
 //!   upstream.
 //!
-//! Every layer's `call` and its future's `poll` on the forwarding path are
-//! `#[inline(always)]` in optimized builds (here and in palisade-ratelimit,
-//! -shutdown and -reload): fifteen nested calls otherwise each copy the
-//! request and the future below them, and inlining lets the compiler build
-//! them in place (about 1,000 fewer instructions per request,
-//! docs/benchmarks.md). Not in debug builds (`debug_assertions`): without
-//! optimization nothing shares stack slots, and the whole stack inlined
-//! into one frame overflowed a worker thread's 2 MiB stack.
-//!
 //! Around the stack, per connection (`main.rs`, palisade-shutdown's
 //! `Server`): `server.max_connections`, `server.first_bytes_timeout`,
 //! `server.idle_timeout`, hyper's `header_read_timeout` and the HTTP/2
@@ -145,36 +136,6 @@ pub struct Shared {
 // new configuration and swapped under them, so a request in flight finishes
 // on the stack it started on.
 
-/// Builds the layers that `$build` lists (a macro taking the name of the
-/// macro that wraps each optional layer) for `[stack] layers`: with every
-/// layer on (the default, production), the layers themselves; otherwise
-/// each wrapped in a `Switch` (switch.rs). So the default stack pays for
-/// one `Switch` at its top, not an enum dispatch and one more move of the
-/// request and future per optional layer; the order is written once.
-macro_rules! stack_with {
-    ($layers:expr, $build:ident) => {
-        if $layers.has_all() {
-            crate::switch::Switch::On($build!(every_layer))
-        } else {
-            crate::switch::Switch::Off($build!(switched_layer))
-        }
-    };
-}
-
-/// The layer itself (`stack_with!`, every layer on).
-macro_rules! every_layer {
-    ($layers:expr, $name:expr, $layer:expr) => {
-        $layer
-    };
-}
-
-/// The layer when `[stack] layers` names it, a pass-through otherwise.
-macro_rules! switched_layer {
-    ($layers:expr, $name:expr, $layer:expr) => {
-        $layers.switch($name, $layer)
-    };
-}
-
 /// Layers 1-2 over `inner` (the proxied stack, or the reloadable service
 /// that routes to its newest generation).
 pub fn outer<S>(
@@ -200,22 +161,12 @@ where
     S::Future: Send + 'static,
 {
     // `[stack] layers` (switch.rs) may leave optional layers out, for
-    // per-layer benchmarks; by default every layer is built, without the
-    // switches (`stack_with!`).
+    // per-layer benchmarks; by default every layer is built.
     let layers = &shared.config.stack;
-    macro_rules! outer_layers {
-        ($opt:ident) => {
-            ServiceBuilder::new()
-                .layer($opt!(
-                    layers,
-                    LayerName::Telemetry,
-                    shared.telemetry.clone()
-                ))
-                .layer($opt!(layers, LayerName::Routes, shared.routes.clone()))
-                .service(inner)
-        };
-    }
-    stack_with!(layers, outer_layers)
+    ServiceBuilder::new()
+        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
+        .service(inner)
 }
 
 /// Layers 3-9, built from one configuration.
@@ -256,30 +207,20 @@ pub fn proxied(
             })
             .collect(),
     );
-    macro_rules! proxied_layers {
-        ($opt:ident) => {
-            ServiceBuilder::new()
-                .layer(ErrorResponseLayer)
-                .layer($opt!(layers, LayerName::Shed, shared.in_flight.clone()))
-                .layer($opt!(layers, LayerName::Drain, shared.drain.layer()))
-                .layer($opt!(
-                    layers,
-                    LayerName::Ratelimit,
-                    shared.ratelimit.clone()
-                ))
-                .layer($opt!(layers, LayerName::Scatter, shared.scatter.clone()))
-                .layer($opt!(
-                    layers,
-                    LayerName::Batch,
-                    ItemsRouteLayer::new(shared.items.as_ref().map(|items| items.batch.clone()))
-                ))
-                .layer($opt!(layers, LayerName::Hedge, shared.hedge.clone()))
-                .layer(choose)
-                .layer(UpstreamTimeoutLayer::new(config))
-                .service(proxy)
-        };
-    }
-    stack_with!(layers, proxied_layers)
+    ServiceBuilder::new()
+        .layer(ErrorResponseLayer)
+        .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))
+        .layer(layers.switch(LayerName::Drain, shared.drain.layer()))
+        .layer(layers.switch(LayerName::Ratelimit, shared.ratelimit.clone()))
+        .layer(layers.switch(LayerName::Scatter, shared.scatter.clone()))
+        .layer(layers.switch(
+            LayerName::Batch,
+            ItemsRouteLayer::new(shared.items.as_ref().map(|items| items.batch.clone())),
+        ))
+        .layer(layers.switch(LayerName::Hedge, shared.hedge.clone()))
+        .layer(choose)
+        .layer(UpstreamTimeoutLayer::new(config))
+        .service(proxy)
 }
 
 // === errors → responses ===
@@ -421,7 +362,6 @@ where
         Poll::Ready(Ok(()))
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let protocol = Protocol::of(req.headers());
         match self.failed.take() {
@@ -476,7 +416,6 @@ where
 {
     type Output = Result<Response<Body>, Infallible>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ErrorResponseProj::Inner { inner, protocol } => {
@@ -527,7 +466,6 @@ where
     type Error = S::Error;
     type Future = Either<S::Future, Pin<Box<Oneshot<S, Request<Incoming>>>>>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         // The bare peer address: the type the ecosystem's extractors
         // (palisade-ratelimit's `ClientIp`, axum's `ConnectInfo` idiom) read,

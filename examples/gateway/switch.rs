@@ -86,11 +86,6 @@ impl StackConfig {
         self.layers.contains(&layer)
     }
 
-    /// Whether every optional layer is built (the default).
-    pub fn has_all(&self) -> bool {
-        LayerName::ALL.iter().all(|name| self.has(*name))
-    }
-
     /// `layer` when it is on, a pass-through otherwise.
     pub fn switch<L>(&self, name: LayerName, layer: L) -> SwitchLayer<L> {
         SwitchLayer(self.has(name).then_some(layer))
@@ -140,7 +135,6 @@ where
         }
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: R) -> Self::Future {
         match self {
             Switch::On(a) => SwitchFuture::On { inner: a.call(req) },
@@ -169,7 +163,6 @@ where
 {
     type Output = Result<T, EA>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             SwitchProj::On { inner } => inner.poll(cx),

@@ -281,7 +281,6 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let route = self.routes.classify(req.uri().path());
@@ -350,7 +349,6 @@ where
 {
     type Output = F::Output;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));

@@ -81,7 +81,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let s = self.settings;
         let (parts, body) = req.into_parts();
@@ -140,7 +139,6 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             UpstreamTimeoutProj::Waiting {

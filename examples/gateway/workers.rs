@@ -316,7 +316,6 @@ impl<S: Service<R> + Clone, R> Service<R> for PerWorker<S> {
             .poll_ready(cx)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: R) -> S::Future {
         self.chosen
             .as_mut()

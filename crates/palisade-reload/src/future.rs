@@ -28,7 +28,7 @@ impl<F> ResponseFuture<F> {
 impl<F: Future> Future for ResponseFuture<F> {
     type Output = F::Output;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _entered = this.span.enter();

@@ -120,7 +120,7 @@ where
         self.service.poll_ready(cx)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let served_by = ServedBy {
             version: self.version,

@@ -64,7 +64,6 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, request: Request) -> Self::Future {
         match self.drain.state.acquire() {
             Some(guard) => ResponseFuture::admitted(self.inner.call(request), guard),

@@ -159,7 +159,6 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (verdict, _taken) = self.policy.check(&req);
         let headers = self.headers;
@@ -219,7 +218,6 @@ where
 {
     type Output = Result<Response<B>, E>;
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future, report } => {
