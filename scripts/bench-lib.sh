@@ -2,7 +2,9 @@
 # waits, CPU accounting from /proc and one bounded wrk measurement per call.
 # Expects DURATION, CONNS, WRK_CPU (empty: unpinned) and WORK (a temp dir)
 # to be set by the caller. Env: GATEWAY (a gateway binary to use as is),
-# WRK_THREADS (default 1), PATH_UNDER_TEST (default /).
+# WRK_THREADS (default 1), PATH_UNDER_TEST (default /), SYSCALLS=1 (add
+# the proxy's system calls per request, counted by `perf stat` on the
+# kernel's syscall tracepoints while wrk runs; needs perf and tracefs).
 
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -123,6 +125,44 @@ start_gateway() {
 
 HEADER="| target | req/s | p50 | p99 | CPU µs/req | of which user |"
 RULE="|---|---:|---:|---:|---:|---:|"
+if [ "${SYSCALLS:-}" = 1 ]; then
+  if ! command -v perf >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq linux-perf
+  fi
+  HEADER="$HEADER syscalls/req | of which epoll_wait |"
+  RULE="$RULE---:|---:|"
+fi
+
+# syscalls_start OUT PIDS...: in the background, counts the pids' system
+# calls (all threads) into OUT until syscalls_stop; sets LAST_PERF.
+syscalls_start() {
+  local out=$1
+  shift
+  perf stat -x, -o "$out" -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
+    -p "$(echo "$@" | tr ' ' ',')" -- sleep 600 >/dev/null 2>&1 &
+  LAST_PERF=$!
+  # perf attaches before it starts its child; wait for the child.
+  for _ in $(seq 1 100); do
+    pgrep -P "$LAST_PERF" >/dev/null && return 0
+    sleep 0.02
+  done
+}
+
+# syscalls_stop: ends the count (perf writes it when its child exits).
+syscalls_stop() {
+  pkill -P "$LAST_PERF" sleep 2>/dev/null || true
+  wait "$LAST_PERF" 2>/dev/null || true
+}
+
+# syscalls_per_req OUT REQUESTS: "total | epoll_wait" per request.
+syscalls_per_req() {
+  awk -F, -v n="$2" '
+    $3 ~ /raw_syscalls:sys_enter/ { t = $1 }
+    $3 ~ /sys_enter_epoll_wait/ { e = $1 }
+    END { if (n > 0 && t != "") printf "%.2f | %.3f", t / n, e / n; else printf "- | -" }' "$1"
+}
 
 # run NAME PORT PROXY_PIDS...: 1 s warm-up, then one wrk run of DURATION;
 # prints a table row. CPU per request is the pids' utime+stime over the
@@ -134,10 +174,16 @@ run() {
   pin "$WRK_CPU" wrk -t"${WRK_THREADS:-1}" -c"$CONNS" -d1s "$url" >/dev/null
   local t0="0 0"
   [ $# -gt 0 ] && t0=$(ticks "$@")
+  local perf_out="$WORK/perf.$port" counting=""
+  if [ "${SYSCALLS:-}" = 1 ] && [ $# -gt 0 ]; then
+    syscalls_start "$perf_out" "$@"
+    counting=1
+  fi
   local out
   out=$(pin "$WRK_CPU" wrk -t"${WRK_THREADS:-1}" -c"$CONNS" -d"$DURATION" --latency "$url")
   local t1="0 0"
   [ $# -gt 0 ] && t1=$(ticks "$@")
+  [ -n "$counting" ] && syscalls_stop
   local reqs rps p50 p99 errors
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')
@@ -151,5 +197,10 @@ run() {
     cpu=$(awk -v d=$((u1 - u0 + s1 - s0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz / n * 1e6 }')
     user=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz / n * 1e6 }')
   fi
-  printf "| %s | %s | %s | %s | %s | %s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$user" "${errors:+ $errors}"
+  local sys=""
+  if [ "${SYSCALLS:-}" = 1 ]; then
+    sys=" - | - |"
+    [ -n "$counting" ] && sys=" $(syscalls_per_req "$perf_out" "$reqs") |"
+  fi
+  printf "| %s | %s | %s | %s | %s | %s |%s%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$user" "$sys" "${errors:+ $errors}"
 }
