@@ -158,6 +158,11 @@ syscalls_stop() {
 
 # syscalls_per_req OUT REQUESTS: "total | epoll_wait" per request.
 syscalls_per_req() {
+  # No count (perf could not attach, say tracefs is not readable): dashes.
+  if [ ! -s "$1" ]; then
+    printf -- "- | -"
+    return 0
+  fi
   awk -F, -v n="$2" '
     $3 ~ /raw_syscalls:sys_enter/ { t = $1 }
     $3 ~ /sys_enter_epoll_wait/ { e = $1 }
