@@ -4,7 +4,7 @@
 # breaker's windows (clear and bucket advance against recorders), its closed
 # path against transitions and reset, its half-open probe slots; the GCRA
 # compare-and-swap with reservations and refunds; the drain counter against
-# drain(). Built in its own target directory, since a cfg in RUSTFLAGS
+# drain(); the adaptive limit's admission, release and queue hand-off. Built in its own target directory, since a cfg in RUSTFLAGS
 # rebuilds every dependency. The cfg is `palisade_loom`, not `loom`: tokio
 # reads `loom` itself and drops its `net` module under it, which hyper-util
 # (a dependency of the crates' tests) needs.
@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="--cfg palisade_loom ${RUSTFLAGS:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom"
-cargo test --release -p palisade-breaker -p palisade-ratelimit -p palisade-shutdown --lib loom "$@"
+cargo test --release -p palisade-breaker -p palisade-ratelimit -p palisade-shutdown -p palisade-limit --lib loom "$@"

@@ -12,6 +12,7 @@
 //! | `palisade_ratelimit::RateLimited` | `429 Too Many Requests`, `Retry-After`, `RateLimit-Policy` and `RateLimit` fields |
 //! | `palisade_ratelimit::MissingKey` | `500 Internal Server Error` (a deployment error) |
 //! | `palisade_breaker::Rejected` | `503 Service Unavailable`, `Retry-After` (none when forced open) |
+//! | `palisade_limit::Overloaded` | `503 Service Unavailable`, `Retry-After` |
 //! | `palisade_shutdown::Draining` | `503 Service Unavailable`, `Retry-After`, `Connection: close` |
 //! | `palisade_batch::Error::Failed` | what its source (the batch call's error) maps to, if a palisade error |
 //! | `palisade_batch::Error::Closed`, `Cut` | `503 Service Unavailable`, `Retry-After` |
@@ -27,8 +28,8 @@
 //! `application/grpc`) the same errors become trailers-only gRPC responses
 //! (HTTP 200, `grpc-status`, `grpc-message`), with the codes of
 //! [`palisade_core::grpc`]: a rate limit `RESOURCE_EXHAUSTED` with
-//! `grpc-retry-pushback-ms`, an open breaker and a draining server
-//! `UNAVAILABLE`, a missing key, a batch or pool failure `INTERNAL` or
+//! `grpc-retry-pushback-ms`, an open breaker, a reached concurrency limit
+//! (with `grpc-retry-pushback-ms`) and a draining server `UNAVAILABLE`, a missing key, a batch or pool failure `INTERNAL` or
 //! `UNAVAILABLE` as their HTTP status maps. Pass the request's headers (or
 //! the request) and the protocol is read from them:
 //!
@@ -116,6 +117,14 @@ fn one<B: Default>(
             palisade_breaker::http::grpc_rejected_response(rejected)
         } else {
             palisade_breaker::http::rejected_response(rejected)
+        });
+    }
+    #[cfg(feature = "limit")]
+    if let Some(overloaded) = e.downcast_ref::<palisade_limit::Overloaded>() {
+        return Some(if grpc {
+            palisade_limit::http::grpc_overloaded_response(overloaded)
+        } else {
+            palisade_limit::http::overloaded_response(overloaded)
         });
     }
     #[cfg(feature = "shutdown")]

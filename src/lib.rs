@@ -16,6 +16,7 @@
 //! | `pool`      | [`pool`]               | `palisade-pool`      |
 //! | `pipeline`  | [`pipeline`]           | `palisade-pipeline`  |
 //! | `reload`    | [`reload`]             | `palisade-reload`    |
+//! | `limit`     | [`limit`]              | `palisade-limit`     |
 //!
 //! Two more features: `axum` lets `PeerIp`/`ClientIp` read axum's
 //! `ConnectInfo<SocketAddr>`, and `console` makes the gateway and the
@@ -57,6 +58,10 @@ pub use palisade_pipeline as pipeline;
 #[cfg(feature = "reload")]
 #[doc(inline)]
 pub use palisade_reload as reload;
+
+#[cfg(feature = "limit")]
+#[doc(inline)]
+pub use palisade_limit as limit;
 
 pub mod http;
 

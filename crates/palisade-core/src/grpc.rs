@@ -15,6 +15,7 @@
 //! | rate limited | [`RATE_LIMITED`] (`RESOURCE_EXHAUSTED`; a layer may be configured to send `UNAVAILABLE`) | the wait, in ms |
 //! | breaker open | [`BREAKER_OPEN`] (`UNAVAILABLE`) | the time left open, in ms (none when forced open) |
 //! | server draining | [`DRAINING`] (`UNAVAILABLE`) | none: retry on another connection at once |
+//! | concurrency limit reached | [`OVERLOADED`] (`UNAVAILABLE`) | the limiter's retry hint, in ms |
 //!
 //! The breaker's gRPC classifier reads outcomes the same way ([`status`]).
 //!
@@ -60,6 +61,10 @@ pub const RATE_LIMITED: Code = Code::ResourceExhausted;
 pub const BREAKER_OPEN: Code = Code::Unavailable;
 /// The status of a call refused by a draining server.
 pub const DRAINING: Code = Code::Unavailable;
+/// The status of a call refused by an adaptive concurrency limit: the
+/// server is at the concurrency it can take, so the client should try
+/// another (or later).
+pub const OVERLOADED: Code = Code::Unavailable;
 
 /// A gRPC status code (the numbering of `grpc/status.proto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -289,6 +294,59 @@ fn percent_encode(message: &str) -> String {
         }
     }
     out
+}
+
+/// The `grpc-timeout` header name: how long the caller waits for the call.
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Parses a `grpc-timeout` value: at most 8 ASCII digits and a unit (`H`
+/// hours, `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n`
+/// nanoseconds), per gRPC over HTTP/2. Anything else is `None`.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderValue;
+/// use palisade_core::grpc::{parse_timeout, timeout_value};
+///
+/// assert_eq!(parse_timeout(&HeaderValue::from_static("250m")), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_timeout(&HeaderValue::from_static("2S")), Some(Duration::from_secs(2)));
+/// assert_eq!(parse_timeout(&HeaderValue::from_static("123456789S")), None);
+/// assert_eq!(parse_timeout(&HeaderValue::from_static("5x")), None);
+/// assert_eq!(timeout_value(Duration::from_millis(1500)), "1500m");
+/// ```
+pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+    let bytes = value.as_bytes();
+    let (&unit, digits) = bytes.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A `grpc-timeout` value for `timeout`: milliseconds, rounded down, in the
+/// largest unit whose count fits the 8 digits gRPC allows (at least `1m`
+/// worth of precision is kept for anything under 27 hours).
+pub fn timeout_value(timeout: Duration) -> HeaderValue {
+    let ms = timeout.as_millis();
+    let text = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else if timeout.as_secs() < 100_000_000 {
+        format!("{}S", timeout.as_secs())
+    } else {
+        format!("{}H", (timeout.as_secs() / 3600).min(99_999_999))
+    };
+    HeaderValue::try_from(text).expect("digits and a unit are a valid header value")
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //!
 //! - [`retry_after_secs`]: how a wait becomes a `Retry-After` value (rounded
 //!   up to whole seconds, never 0).
+//! - [`classify`]: how a call counts (success, failure, ignored), for the
+//!   breaker and the adaptive limit alike.
 //! - [`clock`]: which clock a policy reads by default (tokio's when the
 //!   runtime's clock is paused, else a fast monotonic clock).
 //! - [`BoxError`]: the type-erased error of the services (the same type as
@@ -35,6 +37,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod classify;
 pub mod clock;
 #[cfg(feature = "grpc")]
 pub mod grpc;
