@@ -47,6 +47,10 @@ pub struct Sample {
     /// below, a gRPC `RESOURCE_EXHAUSTED` or `UNAVAILABLE` (what the
     /// classifier calls a failure).
     pub dropped: bool,
+    /// Whether some call found the limit full (refused, or queued, for lack
+    /// of a slot or of its class's share) since the previous sample: the
+    /// limit, not the caller, bounded the concurrency.
+    pub saturated: bool,
     /// When the call ended, in nanoseconds on the limiter's clock (which
     /// `tokio::time::pause` controls in tests). Non-decreasing from one
     /// sample to the next.

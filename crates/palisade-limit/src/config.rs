@@ -1,6 +1,7 @@
 //! Building a [`Limiter`]: every knob, its default, and its validation.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::ConfigError;
@@ -26,7 +27,7 @@ pub enum Mode {
 
 /// Builds a [`Limiter`]; see each method for its default.
 pub struct LimiterBuilder {
-    pub(crate) name: &'static str,
+    pub(crate) name: Arc<str>,
     pub(crate) algorithm: Box<dyn Algorithm>,
     pub(crate) mode: Mode,
     pub(crate) max_queue: usize,
@@ -52,7 +53,7 @@ impl fmt::Debug for LimiterBuilder {
 impl Default for LimiterBuilder {
     fn default() -> Self {
         Self {
-            name: "default",
+            name: Arc::from("default"),
             algorithm: Box::new(ProbingGradient::default()),
             mode: Mode::Reject,
             max_queue: 1024,
@@ -70,8 +71,8 @@ impl Default for LimiterBuilder {
 impl LimiterBuilder {
     /// The name in metrics (`limiter` label), logs and errors. Default
     /// `"default"`.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
         self
     }
 

@@ -1,6 +1,7 @@
 //! The rejection.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a call was refused without reaching the service.
@@ -57,7 +58,7 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Overloaded {
     pub(crate) reason: Reason,
-    pub(crate) limiter: &'static str,
+    pub(crate) limiter: Arc<str>,
     pub(crate) class: Option<&'static str>,
     pub(crate) retry_after: Duration,
 }
@@ -69,8 +70,8 @@ impl Overloaded {
     }
 
     /// The name of the limiter that refused it.
-    pub fn limiter(&self) -> &'static str {
-        self.limiter
+    pub fn limiter(&self) -> &str {
+        &self.limiter
     }
 
     /// The call's class, when the limiter has classes.

@@ -124,6 +124,7 @@
 pub mod algorithm;
 mod codel;
 mod config;
+mod counts;
 mod error;
 mod finish;
 mod future;

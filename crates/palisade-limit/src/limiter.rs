@@ -1,21 +1,18 @@
 //! The shared limit: one in-flight count and one limit for every clone,
 //! admission, release, and the samples that move the limit.
 //!
-//! **The invariant:** a slot is taken only by a compare-and-swap that moves
-//! `in_flight` from `n` to `n + 1` while `n < limit`, so no admission ever
-//! makes `in_flight` exceed the limit it read (the limit may later shrink
-//! below `in_flight`; then nothing is admitted until enough calls end).
-//! Every slot taken is given back exactly once: by the [`Permit`] when the
-//! call ends (or its future is dropped), by the [`Reservation`] when a
-//! reserved service is dropped unused, or by the granter when the waiter it
-//! picked was cancelled at the same moment.
+//! The in-flight and waiting counts live in one word (`counts.rs`, which
+//! states the admission invariant and why no wake-up is lost). Every slot
+//! taken is given back exactly once: by the [`Permit`] when the call ends
+//! (or its future is dropped), by the [`Reservation`] when a reserved
+//! service is dropped unused, by a granted waiter dropped before it took
+//! its slot, or by the granter when the waiter it picked was cancelled at
+//! the same moment. While anyone waits, new arrivals do not take the fast
+//! path (no barging past the queue).
 //!
-//! **No lost wake-up:** a waiter raises `waiting` (SeqCst) and then runs the
-//! grant loop itself; a release lowers `in_flight` (SeqCst) and then reads
-//! `waiting`. In the single order of SeqCst operations one of the two comes
-//! second and sees the other's change, so a free slot and a waiter are
-//! always matched by one of them. While anyone waits, new arrivals do not
-//! take the fast path (no barging past the queue).
+//! A limit raised by a sample grants waiters too; if that raise races a
+//! caller joining the queue under the old limit, the caller waits for the
+//! next release (there is one: it queued because the old limit was full).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,6 +30,7 @@ use tokio::sync::Notify;
 use crate::algorithm::{Algorithm, Bounds, Sample};
 use crate::codel::Codel;
 use crate::config::{LimiterBuilder, Mode};
+use crate::counts::{Counts, Joined};
 use crate::error::{Overloaded, Reason};
 use crate::metrics::Metrics;
 use crate::partition::Classes;
@@ -49,13 +47,14 @@ pub struct Limiter {
 }
 
 pub(crate) struct Shared {
-    name: &'static str,
-    in_flight: AtomicUsize,
+    name: Arc<str>,
+    /// In flight and waiting (`counts.rs`).
+    counts: Counts,
     limit: AtomicUsize,
-    /// Waiters in the `Waiting` state.
-    waiting: AtomicUsize,
     /// The algorithm's [`Algorithm::probing`], as of its last sample.
     probing: AtomicBool,
+    /// A call found the limit full since the last sample.
+    saturated: AtomicBool,
     closed: AtomicBool,
     control: Mutex<Control>,
     queue: Mutex<Queue>,
@@ -96,16 +95,16 @@ impl Limiter {
     pub(crate) fn from_builder(b: LimiterBuilder) -> Self {
         let bounds = b.algorithm.bounds();
         let class_names: Vec<&'static str> = b.classes.iter().map(|(n, _)| *n).collect();
-        let metrics = Metrics::new(b.name, &class_names);
+        let metrics = Metrics::new(&b.name, &class_names);
         metrics.limit.set(bounds.initial as f64);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let probing = b.algorithm.probing();
         let shared = Shared {
             name: b.name,
-            in_flight: AtomicUsize::new(0),
+            counts: Counts::default(),
             limit: AtomicUsize::new(bounds.initial),
-            waiting: AtomicUsize::new(0),
             probing: AtomicBool::new(probing),
+            saturated: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             control: Mutex::new(Control {
                 algorithm: b.algorithm,
@@ -133,8 +132,8 @@ impl Limiter {
     }
 
     /// The limiter's name (the `limiter` metric label).
-    pub fn name(&self) -> &'static str {
-        self.shared.name
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// The current limit.
@@ -144,12 +143,12 @@ impl Limiter {
 
     /// Calls holding a slot now (reserved or running).
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Relaxed)
+        self.shared.counts.in_flight()
     }
 
     /// Calls waiting in the queue now.
     pub fn queued(&self) -> usize {
-        self.shared.waiting.load(Relaxed)
+        self.shared.counts.waiting()
     }
 
     /// The configured class names, highest priority first (empty without
@@ -182,7 +181,7 @@ impl Limiter {
         let mut queue = lock(&shared.queue);
         while let Some(waiter) = queue.waiters.pop_front() {
             if waiter.settle(CLOSED) {
-                shared.waiting.fetch_sub(1, SeqCst);
+                shared.counts.leave_queue();
             }
         }
         drop(queue);
@@ -228,42 +227,25 @@ impl Shared {
     /// The fast path: a slot if the limit has room and nobody waits.
     #[inline]
     pub(crate) fn try_reserve(self: &Arc<Self>) -> Option<Reservation> {
-        if self.waiting.load(SeqCst) > 0 || self.closed.load(Relaxed) {
+        if self.closed.load(Relaxed) {
             return None;
         }
-        self.try_take().then(|| Reservation {
-            shared: Some(self.clone()),
-            since: None,
-        })
-    }
-
-    /// Takes a slot if `in_flight < limit` (the invariant's CAS).
-    #[inline]
-    fn try_take(&self) -> bool {
-        let limit = self.limit.load(Relaxed);
-        let mut current = self.in_flight.load(Relaxed);
-        loop {
-            if current >= limit {
-                return false;
-            }
-            match self
-                .in_flight
-                .compare_exchange_weak(current, current + 1, SeqCst, Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => current = actual,
-            }
-        }
+        self.counts
+            .try_take(self.limit.load(Relaxed))
+            .then(|| Reservation {
+                shared: Some(self.clone()),
+                since: None,
+            })
     }
 
     /// Gives a slot back and hands free slots to waiters.
     #[inline]
     fn release(&self) {
-        let before = self.in_flight.fetch_sub(1, SeqCst);
-        if self.waiting.load(SeqCst) > 0 {
+        let (in_flight, waiting) = self.counts.release();
+        if waiting > 0 {
             self.grant();
         }
-        if before == 1 && self.closed.load(SeqCst) {
+        if in_flight == 0 && self.closed.load(SeqCst) {
             self.idle.notify_waiters();
         }
     }
@@ -288,7 +270,7 @@ impl Shared {
             }
             let front = queue.waiters.pop_front().expect("front exists");
             if state == WAITING && front.settle(SHED) {
-                self.waiting.fetch_sub(1, SeqCst);
+                self.counts.leave_queue();
             }
         }
         loop {
@@ -302,7 +284,7 @@ impl Shared {
             if waiter.state.load(SeqCst) != WAITING {
                 continue; // cancelled: drop the dead entry
             }
-            if !self.try_take() {
+            if !self.counts.take_for_waiter(self.limit.load(Relaxed)) {
                 // No slot: put it back where it was.
                 if lifo {
                     queue.waiters.push_back(waiter);
@@ -312,56 +294,74 @@ impl Shared {
                 break;
             }
             if waiter.settle(GRANTED) {
-                self.waiting.fetch_sub(1, SeqCst);
+                self.counts.leave_queue();
                 let sojourn = now.saturating_sub(waiter.since);
                 queue.codel.on_dequeue(now, sojourn);
                 self.metrics.queue_delay.record(sojourn as f64 / 1e9);
             } else {
-                // Cancelled between the load and now: the slot goes back.
-                self.in_flight.fetch_sub(1, SeqCst);
+                // Cancelled between the load and now: the slot goes back
+                // (this loop is the grant the release would run).
+                self.counts.release();
             }
         }
-        self.metrics.queued.set(self.waiting.load(Relaxed) as f64);
+        self.metrics.queued.set(self.counts.waiting() as f64);
     }
 
-    /// Queues a waiter, or says the queue is full.
-    fn enqueue(self: &Arc<Self>) -> Option<Arc<Waiter>> {
-        if self.waiting.load(Relaxed) >= self.max_queue {
-            return None;
+    /// A caller that found no slot and may wait: takes a slot that freed up
+    /// meanwhile, or queues a waiter, or says the queue is full.
+    fn enqueue(self: &Arc<Self>) -> Enqueued {
+        if self.counts.waiting() >= self.max_queue {
+            return Enqueued::Full;
         }
         let waiter = Arc::new(Waiter {
             state: AtomicU8::new(WAITING),
             waker: Mutex::new(None),
             since: self.clock.now_nanos(),
         });
-        {
-            let mut queue = lock(&self.queue);
-            queue.waiters.push_back(waiter.clone());
-            self.waiting.fetch_add(1, SeqCst);
-            // Dead entries pile up only in the middle; drop them now and
-            // then so the deque stays the size of the live queue.
-            let live = self.waiting.load(Relaxed);
-            if queue.waiters.len() > 2 * live + 16 {
-                queue.waiters.retain(|w| w.state.load(SeqCst) == WAITING);
-            }
+        let mut queue = lock(&self.queue);
+        // Under the queue lock, so a granter that sees the count also finds
+        // the waiter in the queue.
+        if self.counts.join_or_take(self.limit.load(Relaxed)) == Joined::Took {
+            return Enqueued::Took(Reservation {
+                shared: Some(self.clone()),
+                since: None,
+            });
         }
-        // The waiter's half of the no-lost-wake-up rule.
-        self.grant();
-        Some(waiter)
+        queue.waiters.push_back(waiter.clone());
+        self.mark_saturated();
+        // Dead entries pile up only in the middle; drop them now and then
+        // so the deque stays the size of the live queue.
+        if queue.waiters.len() > 2 * self.counts.waiting() + 16 {
+            queue.waiters.retain(|w| w.state.load(SeqCst) == WAITING);
+        }
+        drop(queue);
+        self.metrics.queued.set(self.counts.waiting() as f64);
+        Enqueued::Waiting(waiter)
     }
 
     /// A refusal of a call of `class` for `reason`, counted.
     pub(crate) fn refuse(&self, class: usize, reason: Reason) -> Overloaded {
         self.metrics.rejected(class, reason);
+        if reason != Reason::DeadlineExceeded {
+            self.mark_saturated();
+        }
         Overloaded {
             reason,
-            limiter: self.name,
+            limiter: self.name.clone(),
             class: self
                 .classes
                 .as_ref()
                 .and_then(|c| c.list.get(class))
                 .map(|c| c.name),
             retry_after: self.retry_after,
+        }
+    }
+
+    /// Notes that a call found the limit full (a load before the store: the
+    /// flag is set far more often than it changes).
+    fn mark_saturated(&self) {
+        if !self.saturated.load(Relaxed) {
+            self.saturated.store(true, Relaxed);
         }
     }
 
@@ -374,6 +374,7 @@ impl Shared {
             rtt: Duration::from_nanos(now.saturating_sub(start)),
             in_flight,
             dropped,
+            saturated: self.saturated.swap(false, Relaxed),
             at_nanos: now,
         };
         let old = self.limit.load(Relaxed);
@@ -387,7 +388,7 @@ impl Shared {
             if (new as f64 - logged).abs() > logged * self.log_change {
                 tracing::info!(
                     target: "palisade_limit",
-                    limiter = self.name,
+                    limiter = &*self.name,
                     algorithm = control.algorithm.name(),
                     from = control.logged,
                     to = new,
@@ -401,7 +402,7 @@ impl Shared {
         drop(control);
         if probing != self.probing.load(Relaxed) {
             self.probing.store(probing, Relaxed);
-            tracing::debug!(target: "palisade_limit", limiter = self.name, probing, "re-measuring the no-load latency");
+            tracing::debug!(target: "palisade_limit", limiter = &*self.name, probing, "re-measuring the no-load latency");
         }
         let seconds = sample.rtt.as_secs_f64();
         if dropped {
@@ -409,13 +410,21 @@ impl Shared {
         } else {
             self.metrics.rtt_success.record(seconds);
         }
-        self.metrics
-            .in_flight
-            .set(self.in_flight.load(Relaxed) as f64);
-        if new > old && self.waiting.load(SeqCst) > 0 {
+        self.metrics.in_flight.set(self.counts.in_flight() as f64);
+        if new > old && self.counts.waiting() > 0 {
             self.grant();
         }
     }
+}
+
+/// What [`Shared::enqueue`] did.
+enum Enqueued {
+    /// A slot freed up meanwhile: taken.
+    Took(Reservation),
+    /// Queued.
+    Waiting(Arc<Waiter>),
+    /// The queue is full.
+    Full,
 }
 
 // === Waiter ===
@@ -469,7 +478,7 @@ impl Reservation {
     pub(crate) fn admit(mut self, class: usize) -> Result<Permit, Overloaded> {
         let shared = self.shared.take().expect("reservation used once");
         let now = shared.clock.now_nanos();
-        let in_flight = shared.in_flight.load(Relaxed);
+        let in_flight = shared.counts.in_flight();
         let class = match &shared.classes {
             None => None,
             Some(classes) => {
@@ -610,12 +619,13 @@ impl Slot {
                     *self = match shared.try_reserve() {
                         Some(reservation) => Slot::Reserved(reservation),
                         None if shared.should_queue() => match shared.enqueue() {
-                            Some(waiter) => Slot::Waiting(Box::pin(Wait {
+                            Enqueued::Took(reservation) => Slot::Reserved(reservation),
+                            Enqueued::Waiting(waiter) => Slot::Waiting(Box::pin(Wait {
                                 sleep: tokio::time::sleep(shared.max_wait),
                                 waiter,
                                 shared: shared.clone(),
                             })),
-                            None => Slot::Refused(Reason::LimitReached),
+                            Enqueued::Full => Slot::Refused(Reason::LimitReached),
                         },
                         None => Slot::Refused(Reason::LimitReached),
                     };
@@ -643,7 +653,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.waiter.settle(CANCELLED) {
-                this.shared.waiting.fetch_sub(1, SeqCst);
+                this.shared.counts.leave_queue();
             } else if this
                 .waiter
                 .state
@@ -685,7 +695,7 @@ impl Future for Wait {
                         return Poll::Pending;
                     }
                     if this.waiter.settle(CANCELLED) {
-                        this.shared.waiting.fetch_sub(1, SeqCst);
+                        this.shared.counts.leave_queue();
                         return Poll::Ready(Err(Reason::QueueTimeout));
                     }
                     // Granted or shed at the same moment: look again.

@@ -35,21 +35,22 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(name: &'static str, classes: &[&'static str]) -> Self {
-        let rtt = |outcome: &'static str| histogram!(RTT, "limiter" => name, "outcome" => outcome);
+    pub(crate) fn new(name: &str, classes: &[&'static str]) -> Self {
+        let name = name.to_owned();
+        let rtt = |outcome: &'static str| histogram!(RTT, "limiter" => name.clone(), "outcome" => outcome);
         let classes: &[&'static str] = if classes.is_empty() { &[""] } else { classes };
         Self {
-            limit: gauge!(LIMIT, "limiter" => name),
-            in_flight: gauge!(IN_FLIGHT, "limiter" => name),
-            queued: gauge!(QUEUED, "limiter" => name),
+            limit: gauge!(LIMIT, "limiter" => name.clone()),
+            in_flight: gauge!(IN_FLIGHT, "limiter" => name.clone()),
+            queued: gauge!(QUEUED, "limiter" => name.clone()),
             rtt_success: rtt("success"),
             rtt_drop: rtt("drop"),
-            queue_delay: histogram!(QUEUE_DELAY, "limiter" => name),
+            queue_delay: histogram!(QUEUE_DELAY, "limiter" => name.clone()),
             rejected: classes
                 .iter()
                 .map(|&class| {
                     Reason::ALL.map(|reason| {
-                        counter!(REJECTED, "limiter" => name, "class" => class, "reason" => reason.as_str())
+                        counter!(REJECTED, "limiter" => name.clone(), "class" => class, "reason" => reason.as_str())
                     })
                 })
                 .collect(),

@@ -3,11 +3,11 @@
 //! models explore every interleaving of the real admission and release code.
 
 #[cfg(palisade_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
 #[cfg(palisade_loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(palisade_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
 #[cfg(not(palisade_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 

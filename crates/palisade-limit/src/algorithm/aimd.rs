@@ -176,6 +176,7 @@ mod tests {
             rtt: Duration::from_millis(rtt_ms),
             in_flight,
             dropped,
+            saturated: false,
             at_nanos: 0,
         }
     }

@@ -107,6 +107,7 @@ mod tests {
             rtt: Duration::from_secs_f64(ms / 1000.0),
             in_flight,
             dropped: false,
+            saturated: false,
             at_nanos: 0,
         }
     }

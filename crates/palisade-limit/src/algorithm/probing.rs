@@ -32,23 +32,35 @@ const MAX_WINDOW_SAMPLES: usize = 1024;
 /// headroom: for an upstream of `C` slots, near `1.25 C + sqrt(1.25 C)`,
 /// inside `[C, 2C]` for `C >= 3`. A window whose busiest call used less than
 /// half the limit does not grow it (Envoy's does, up to the maximum), and
-/// a window with a drop does not grow it either.
+/// a window with a drop does not grow it either. A window in which the limit
+/// never filled ([`Sample::saturated`]) and nothing dropped does not shrink
+/// it: below the limit, slower calls are not the limit's doing.
 ///
-/// `min_rtt` is measured at start, and again every
+/// `min_rtt` is first the least latency of the first window (the
+/// upstream's queue was empty when it began), and is re-measured every
 /// [`min_rtt_interval`](ProbingGradientBuilder::min_rtt_interval) (plus up
 /// to [`jitter`](ProbingGradientBuilder::jitter) of it, from
-/// [`seed`](ProbingGradientBuilder::seed)): the limit drops to
-/// [`probe_limit`](ProbingGradientBuilder::probe_limit) until
+/// [`seed`](ProbingGradientBuilder::seed)). If no call of the interval found
+/// the limit full, the upstream's queue had room to empty, and the least
+/// latency of the interval is the new `min_rtt`: no probe. Otherwise (the
+/// limit was saturated, so every latency may carry queueing) it probes: the
+/// limit drops to half its value (at least
+/// [`probe_limit`](ProbingGradientBuilder::probe_limit)) until
 /// [`probe_samples`](ProbingGradientBuilder::probe_samples) calls admitted
 /// under it have completed; their `percentile` latency is the new
 /// `min_rtt`, and the limit returns to where it was before the probe.
 ///
 /// # Differences from Envoy
 ///
-/// Envoy rejects with 503 whatever exceeds the lowered limit during a
-/// probe, a burst of errors every minute. Here
-/// [`probing`](Algorithm::probing) reports the probe, and the limiter holds
-/// the excess in its wait queue instead: a probe costs a short delay.
+/// Envoy drops the limit to a small fixed concurrency for a probe and
+/// rejects with 503 whatever exceeds it, a burst of errors every minute
+/// even at moderate load. Here the probe only halves the limit: a limit
+/// settled under twice the upstream's concurrency then drains the queue it
+/// built, so the latency measured is the upstream's own, and a demand under
+/// half the limit (any load short of overload) is never held back. And
+/// [`probing`](Algorithm::probing) reports the probe, so the limiter holds
+/// what does exceed it in its wait queue instead of refusing it: a probe
+/// costs a short delay, not errors.
 ///
 /// See the crate docs for an example.
 #[derive(Debug, Clone)]
@@ -68,10 +80,19 @@ pub struct ProbingGradient {
     probe: Option<Probe>,
     next_probe_at: u64,
     window: Window,
+    /// The least latency seen since `min_rtt` was last measured (ns;
+    /// `u64::MAX`: none).
+    interval_min: u64,
+    /// Whether a call since then was admitted with the limit full: the
+    /// upstream's queue may never have emptied, so `interval_min` may carry
+    /// queueing.
+    saturated: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Probe {
+    /// The limit while probing.
+    limit: usize,
     restore: usize,
     rtts: Vec<u64>,
     skipped: usize,
@@ -83,6 +104,8 @@ struct Window {
     rtts: Vec<u64>,
     max_in_flight: usize,
     dropped: bool,
+    /// Some call found the limit full during the window.
+    saturated: bool,
 }
 
 /// Builds a [`ProbingGradient`]; see each method for its default.
@@ -126,6 +149,13 @@ impl ProbingGradient {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Starts a new measurement interval at `now`.
+    fn restart_interval(&mut self, now: u64) {
+        self.interval_min = u64::MAX;
+        self.saturated = false;
+        self.schedule_probe(now);
+    }
+
     fn schedule_probe(&mut self, now: u64) {
         let extra = self.min_rtt_interval as f64 * self.jitter * self.next_unit();
         self.next_probe_at = now
@@ -134,13 +164,18 @@ impl ProbingGradient {
     }
 
     fn start_probe(&mut self, restore: usize) -> usize {
+        // Half the limit drains a queue the limit itself built (a settled
+        // limit is under twice the upstream's concurrency) while a demand
+        // under half the limit, the normal case, is never held back.
+        let limit = self.bounds.clamp(self.probe_limit.max(restore / 2));
         self.probe = Some(Probe {
+            limit,
             restore,
             rtts: Vec::with_capacity(self.probe_samples),
             skipped: 0,
         });
         self.window = Window::default();
-        self.probe_limit
+        limit
     }
 
     fn on_probe_sample(&mut self, sample: &Sample) -> usize {
@@ -149,33 +184,38 @@ impl ProbingGradient {
         };
         // Calls admitted before the limit dropped still carry the queue; at
         // most `restore` were in flight.
-        if sample.in_flight > self.probe_limit && probe.skipped < probe.restore {
+        if sample.in_flight > probe.limit && probe.skipped < probe.restore {
             probe.skipped += 1;
-            return self.probe_limit;
+            return probe.limit;
         }
         probe
             .rtts
             .push(sample.rtt.as_nanos().min(u64::MAX as u128) as u64);
         if probe.rtts.len() < self.probe_samples {
-            return self.probe_limit;
+            return probe.limit;
         }
         let min_rtt = percentile(&mut probe.rtts, self.percentile);
         let restore = self.bounds.clamp(probe.restore);
         self.probe = None;
         self.min_rtt = Some((min_rtt as f64).max(1.0));
-        self.schedule_probe(sample.at_nanos);
+        self.restart_interval(sample.at_nanos);
         self.estimate = restore;
         restore
     }
 
-    fn on_window(&mut self, limit: usize) -> usize {
+    fn on_window(&mut self, limit: usize, now: u64) -> usize {
         let mut window = std::mem::take(&mut self.window);
-        let Some(min_rtt) = self.min_rtt else {
-            return limit;
-        };
         if window.rtts.is_empty() {
             return limit;
         }
+        let Some(min_rtt) = self.min_rtt else {
+            // The first window: the upstream's queue was empty when it
+            // began, so the first calls' latency is its own.
+            let least = window.rtts.iter().copied().min().unwrap_or(1);
+            self.min_rtt = Some((least as f64).max(1.0));
+            self.restart_interval(now);
+            return limit;
+        };
         let rtt = (percentile(&mut window.rtts, self.percentile) as f64).max(1.0);
         let mut gradient = (min_rtt * (1.0 + self.buffer_fraction) / rtt).clamp(0.5, 2.0);
         if !gradient.is_finite() {
@@ -183,6 +223,14 @@ impl ProbingGradient {
         }
         let app_limited = window.max_in_flight.saturating_mul(2) < limit;
         if gradient >= 1.0 && (app_limited || window.dropped) {
+            return limit;
+        }
+        // Only a window in which the limit filled can blame the latency on
+        // the concurrency it allows: slower calls below the limit (a burst
+        // that queued elsewhere, a slow request) do not lower it, or the
+        // next burst of that size would be refused by a healthy upstream.
+        // Under overload the limit fills at once, so this costs nothing.
+        if gradient < 1.0 && !window.saturated && !window.dropped {
             return limit;
         }
         let scaled = gradient * limit as f64;
@@ -218,9 +266,19 @@ impl Algorithm for ProbingGradient {
         if self.probe.is_some() {
             return self.on_probe_sample(sample);
         }
-        if self.min_rtt.is_none() || sample.at_nanos >= self.next_probe_at {
-            self.estimate = self.start_probe(limit);
-            return self.estimate;
+        let rtt = sample.rtt.as_nanos().min(u64::MAX as u128) as u64;
+        self.interval_min = self.interval_min.min(rtt);
+        self.saturated |= sample.saturated || sample.in_flight >= limit;
+        if self.min_rtt.is_some() && sample.at_nanos >= self.next_probe_at {
+            if self.saturated {
+                self.estimate = self.start_probe(limit);
+                return self.estimate;
+            }
+            // Never saturated since the last measurement: the upstream's
+            // queue had room to empty, so the least latency seen is its
+            // own. Re-measured without lowering the limit.
+            self.min_rtt = Some((self.interval_min as f64).max(1.0));
+            self.restart_interval(sample.at_nanos);
         }
         let start = *self.window.start.get_or_insert(sample.at_nanos);
         self.window
@@ -228,9 +286,10 @@ impl Algorithm for ProbingGradient {
             .push(sample.rtt.as_nanos().min(u64::MAX as u128) as u64);
         self.window.max_in_flight = self.window.max_in_flight.max(sample.in_flight);
         self.window.dropped |= sample.dropped;
+        self.window.saturated |= sample.saturated || sample.in_flight >= limit;
         let elapsed = sample.at_nanos.saturating_sub(start);
         if elapsed >= self.sample_window || self.window.rtts.len() >= MAX_WINDOW_SAMPLES {
-            self.estimate = self.on_window(limit);
+            self.estimate = self.on_window(limit, sample.at_nanos);
         } else {
             self.estimate = limit;
         }
@@ -238,7 +297,7 @@ impl Algorithm for ProbingGradient {
     }
 
     fn probing(&self) -> bool {
-        self.probe.is_some() || self.min_rtt.is_none()
+        self.probe.is_some()
     }
 }
 
@@ -417,6 +476,8 @@ impl ProbingGradientBuilder {
             probe: None,
             next_probe_at: 0,
             window: Window::default(),
+            interval_min: u64::MAX,
+            saturated: false,
         })
     }
 }
@@ -430,30 +491,26 @@ mod tests {
             rtt: Duration::from_millis(rtt_ms),
             in_flight,
             dropped: false,
+            saturated: in_flight >= 4,
             at_nanos: at_ms * 1_000_000,
         }
     }
 
-    /// Runs the start probe with 20 ms calls; returns the time after it.
+    /// Runs the first window with 20-25 ms calls at a full limit; returns
+    /// the time after it.
     fn measured(p: &mut ProbingGradient) -> u64 {
-        assert!(p.probing());
-        let mut limit = p.update(&sample(20, 20, 0), 20);
-        assert_eq!(limit, 3);
-        let mut at = 0;
-        while p.probing() {
-            at += 1;
-            limit = p.update(&sample(20, 3, at), limit);
-        }
-        assert_eq!(limit, 20);
-        assert_eq!(p.min_rtt, Some(20e6));
-        at
+        assert!(!p.probing(), "no probe at start");
+        assert_eq!(p.update(&sample(20, 20, 0), 20), 20);
+        assert_eq!(p.update(&sample(25, 20, 100), 20), 20);
+        assert_eq!(p.min_rtt, Some(20e6), "the first window's least latency");
+        assert!(!p.probing());
+        100
     }
 
     #[test]
-    fn measures_min_rtt_at_start_then_restores() {
+    fn min_rtt_comes_from_the_first_window_without_a_probe() {
         let mut p = ProbingGradient::default();
-        let at = measured(&mut p);
-        assert_eq!(at, 50);
+        assert_eq!(measured(&mut p), 100);
     }
 
     #[test]
@@ -469,12 +526,39 @@ mod tests {
     }
 
     #[test]
-    fn re_probes_after_the_interval_and_restores() {
+    fn a_saturated_interval_ends_in_a_probe_at_half_the_limit() {
         let mut p = ProbingGradient::default();
         let at = measured(&mut p);
+        // the limit was full during the interval
+        p.update(&sample(30, 20, at + 1), 20);
         let later = at + 70_000;
-        assert_eq!(p.update(&sample(20, 20, later), 20), 3);
+        assert_eq!(p.update(&sample(30, 20, later), 20), 10);
         assert!(p.probing());
+        let mut limit = 10;
+        let mut t = later;
+        while p.probing() {
+            t += 1;
+            limit = p.update(&sample(22, 10, t), limit);
+        }
+        assert_eq!(limit, 20, "restored");
+        assert_eq!(p.min_rtt, Some(22e6));
+        // never below probe_limit: a limit of 4 probes at 3
+        let mut small = ProbingGradient::builder().initial_limit(4).build().unwrap();
+        small.update(&sample(20, 4, 0), 4);
+        small.update(&sample(20, 4, 100), 4);
+        small.update(&sample(20, 4, 101), 4);
+        assert_eq!(small.update(&sample(20, 4, 70_000), 4), 3);
+    }
+
+    #[test]
+    fn an_unsaturated_interval_re_measures_without_a_probe() {
+        let mut p = ProbingGradient::default();
+        let at = measured(&mut p);
+        // the no-load latency drifted to 30 ms; the limit never filled
+        p.update(&sample(30, 2, at + 1), 20);
+        p.update(&sample(31, 2, at + 70_000), 20);
+        assert!(!p.probing());
+        assert_eq!(p.min_rtt, Some(30e6));
     }
 
     #[test]

@@ -38,24 +38,39 @@ fn a_release_racing_an_enqueue_is_never_lost() {
         let held = limiter.try_acquire(0).unwrap();
         let releaser = thread::spawn(move || drop(held));
         let shared = limiter.shared().clone();
-        let got = match shared.try_reserve() {
-            Some(reservation) => Some(reservation),
-            None => {
-                let waiter = shared.enqueue().expect("room in the queue");
-                releaser.join().unwrap();
-                assert_eq!(
-                    waiter.state.load(SeqCst),
-                    GRANTED,
-                    "the freed slot reached the waiter"
-                );
-                assert_eq!(shared.waiting.load(SeqCst), 0);
-                None
-            }
+        // Either the fast path or the join sees the freed slot, or the
+        // caller queues and the release hands the slot over.
+        let (reserved, waiter) = match shared.try_reserve() {
+            Some(r) => (Some(r), None),
+            None => match shared.enqueue() {
+                Enqueued::Took(r) => (Some(r), None),
+                Enqueued::Waiting(w) => (None, Some(w)),
+                Enqueued::Full => panic!("room in the queue"),
+            },
         };
-        if got.is_some() {
-            releaser.join().unwrap_or(());
+        releaser.join().unwrap();
+        if let Some(waiter) = &waiter {
+            assert_eq!(
+                waiter.state.load(SeqCst),
+                GRANTED,
+                "the freed slot reached the waiter"
+            );
         }
-        assert_eq!(shared.in_flight.load(SeqCst), 1);
+        assert_eq!(shared.counts.waiting(), 0);
+        // One slot held: by the reservation, or granted to the waiter.
+        assert_eq!(shared.counts.in_flight(), 1);
+        drop(reserved);
+        if let Some(waiter) = waiter {
+            // A granted, never-taken slot goes back through the release.
+            assert!(
+                waiter
+                    .state
+                    .compare_exchange(GRANTED, TAKEN, SeqCst, SeqCst)
+                    .is_ok()
+            );
+            shared.release();
+        }
+        assert_eq!(shared.counts.in_flight(), 0);
     });
 }
 
