@@ -1,6 +1,6 @@
 //! palisade layers in a tonic gRPC server: a drain for coordinated shutdown,
-//! a per-client and a global rate limit, and a circuit breaker around the
-//! backend service, each answering a refused call with the `grpc-status` a
+//! a per-client and a global rate limit, an adaptive concurrency limit and a
+//! circuit breaker around the backend service, each answering a refused call with the `grpc-status` a
 //! gRPC client expects (not an HTTP status it would misread).
 //!
 //! ```text
@@ -21,6 +21,8 @@
 //!  HttpRateLimitLayer       per peer IP (read from `TcpConnectInfo`): RESOURCE_EXHAUSTED
 //!                           + grpc-retry-pushback-ms
 //!  HttpRateLimitLayer       global, same answer
+//!  limit::http::layer       adaptive concurrency limit: UNAVAILABLE + pushback when
+//!                           full; reads and forwards a reduced `grpc-timeout`
 //!  BodyEndLayer             the breaker, `GrpcClassifier`: a call's grpc-status, from
 //!                           trailers-only headers or from the trailers at body end;
 //!                           UNAVAILABLE while open
@@ -94,6 +96,9 @@ struct Args {
     /// How long the breaker stays open before a probe, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     breaker_wait_ms: u64,
+    /// The most calls in flight the adaptive limit may grow to.
+    #[arg(long, default_value_t = 1000)]
+    max_concurrency: usize,
     /// How long open calls may take to finish after SIGTERM, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     drain_deadline_ms: u64,
@@ -165,6 +170,20 @@ async fn run(args: Args) -> Result<u8, palisade::BoxError> {
             .build()
             .map_err(|e| format!("--breaker-failures / --breaker-wait-ms: {e}"))?,
     );
+    // The limit learns the backend's concurrency; `--max-concurrency` caps
+    // it (the tests set 1 to see a refusal).
+    let max = args.max_concurrency;
+    let concurrency = palisade::limit::Limiter::builder()
+        .name("backend")
+        .algorithm(
+            palisade::limit::Gradient2::builder()
+                .min_limit(1)
+                .initial_limit(max.min(20))
+                .max_limit(max)
+                .build()
+                .map_err(|e| format!("--max-concurrency: {e}"))?,
+        )
+        .build()?;
     let drain_layer = HttpDrainLayer::builder(drain.clone())
         .exempt("/grpc.health.v1.Health/Check")
         .build()?;
@@ -182,6 +201,10 @@ async fn run(args: Args) -> Result<u8, palisade::BoxError> {
         .layer(drain_layer)
         .layer(HttpRateLimitLayer::new(per_ip))
         .layer(HttpRateLimitLayer::new(global))
+        .layer(palisade::limit::http::layer(
+            concurrency,
+            palisade::limit::http::HttpPolicy::default(),
+        ))
         .layer(BodyEndLayer::new(breaker).classifier(GrpcClassifier::default()))
         .add_service(HealthServer::new(backend))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), {

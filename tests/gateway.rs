@@ -329,7 +329,10 @@ async fn builtin_routes_answer_without_the_upstream() {
 async fn demo_faults_switch_at_run_time() {
     let gw = Gateway::start(&[]);
     let faults = get(&gw.url("/demo/faults")).await;
-    assert_eq!(faults.text(), "{\"error_rate\":0,\"latency_ms\":0}\n");
+    assert_eq!(
+        faults.text(),
+        "{\"error_rate\":0,\"latency_ms\":0,\"slots\":0,\"service_time_ms\":0}\n"
+    );
 
     let set = request(
         "PUT",
@@ -338,7 +341,10 @@ async fn demo_faults_switch_at_run_time() {
     )
     .await;
     assert_eq!(set.status, StatusCode::OK);
-    assert_eq!(set.text(), "{\"error_rate\":1,\"latency_ms\":0}\n");
+    assert_eq!(
+        set.text(),
+        "{\"error_rate\":1,\"latency_ms\":0,\"slots\":0,\"service_time_ms\":0}\n"
+    );
     let failed = get(&gw.url("/items/1")).await;
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(failed.text(), "injected failure\n");

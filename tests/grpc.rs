@@ -1,6 +1,7 @@
 //! The gRPC example over a real socket with a real tonic client: every
 //! refusal reaches the client as the exact `tonic::Code` gRPC defines for it,
-//! the breaker opens on `UNAVAILABLE` calls (trailers-only, and in trailers
+//! the adaptive concurrency limit answers `UNAVAILABLE` with pushback when
+//! full, the breaker opens on `UNAVAILABLE` calls (trailers-only, and in trailers
 //! at the body's end), and SIGTERM drains open calls cleanly.
 
 mod common;
@@ -129,6 +130,54 @@ async fn a_per_client_limit_answers_resource_exhausted_with_pushback() {
         check(&mut client, "").await,
         Code::ResourceExhausted,
         "rate limited by policy per-ip",
+    );
+}
+
+#[tokio::test]
+async fn a_full_concurrency_limit_answers_unavailable_with_pushback() {
+    // At most 2 calls in flight; two held streams fill the limit.
+    let app = Gateway::start_example("grpc", &["--max-concurrency", "2"]);
+    let mut client = client(&app).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = bounded("watch", client.watch(request("hold")))
+            .await
+            .expect("admitted")
+            .into_inner();
+        let first = bounded("first message", stream.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ServingStatus::try_from(first.status).unwrap(),
+            ServingStatus::Serving
+        );
+        held.push(stream);
+    }
+    // The streams hold their slots until their bodies end.
+    let status = assert_status(
+        check(&mut client, "").await,
+        Code::Unavailable,
+        "overloaded",
+    );
+    assert_eq!(pushback_ms(&status), 1000);
+    // A stream that ends (the client drops it) gives its slot back.
+    drop(held.pop());
+    let admitted = bounded("admitted again", async {
+        loop {
+            match check(&mut client, "").await {
+                Ok(response) => return response,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        ServingStatus::try_from(admitted.status).unwrap(),
+        ServingStatus::Serving
     );
 }
 

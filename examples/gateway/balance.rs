@@ -33,7 +33,9 @@ use std::task::{Context, Poll, ready};
 
 use http::Request;
 use http::uri::{Authority, Uri};
-use palisade::breaker::{Breaker, Classify, Permit, Rejected};
+use palisade::breaker::{Breaker, Classify, Outcome, Permit};
+use palisade::limit::Limiter;
+use palisade::limit::http::DropClassifier;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
@@ -138,6 +140,8 @@ pub struct ChooseUpstreamLayer {
     upstreams: Arc<Upstreams>,
     /// One breaker per upstream (by index).
     breakers: Option<Arc<[Breaker]>>,
+    /// One adaptive concurrency limit per upstream (by index).
+    limits: Option<Arc<[Limiter]>>,
     outcome: Arc<Outcomes>,
 }
 
@@ -155,6 +159,7 @@ impl fmt::Debug for ChooseUpstreamLayer {
         f.debug_struct("ChooseUpstreamLayer")
             .field("upstreams", &self.upstreams.list.len())
             .field("breakers", &self.breakers.is_some())
+            .field("limits", &self.limits.is_some())
             .finish()
     }
 }
@@ -166,6 +171,7 @@ impl ChooseUpstreamLayer {
         Self {
             upstreams,
             breakers: None,
+            limits: None,
             outcome: Arc::new(Outcomes {
                 metrics,
                 classifier: None,
@@ -188,6 +194,18 @@ impl ChooseUpstreamLayer {
         });
         self
     }
+
+    /// Also skips the upstreams whose adaptive limit is full: `limits[i]`
+    /// limits upstream `i`.
+    pub fn with_limits(mut self, limits: Vec<Limiter>) -> Self {
+        assert_eq!(
+            limits.len(),
+            self.upstreams.list.len(),
+            "one limit per upstream"
+        );
+        self.limits = Some(limits.into());
+        self
+    }
 }
 
 impl<S> Layer<S> for ChooseUpstreamLayer {
@@ -198,6 +216,7 @@ impl<S> Layer<S> for ChooseUpstreamLayer {
             inner,
             upstreams: self.upstreams.clone(),
             breakers: self.breakers.clone(),
+            limits: self.limits.clone(),
             outcome: self.outcome.clone(),
         }
     }
@@ -213,6 +232,7 @@ pub struct ChooseUpstream<S> {
     inner: S,
     upstreams: Arc<Upstreams>,
     breakers: Option<Arc<[Breaker]>>,
+    limits: Option<Arc<[Limiter]>>,
     outcome: Arc<Outcomes>,
 }
 
@@ -226,31 +246,49 @@ impl<S: fmt::Debug> fmt::Debug for ChooseUpstream<S> {
 }
 
 impl<S> ChooseUpstream<S> {
-    /// The upstream for the next request and its breaker permit, or the
-    /// last refusal when every breaker refuses.
-    fn choose(&self) -> Result<(usize, Option<Permit>), Rejected> {
+    /// The upstream for the next request with its limit and breaker
+    /// permits, or the last refusal when every upstream refuses (its limit
+    /// is full or its breaker open).
+    fn choose(&self) -> Result<Chosen, BoxError> {
         let n = self.upstreams.list.len();
         let first = self.upstreams.pick();
-        let Some(breakers) = &self.breakers else {
-            return Ok((first, None));
-        };
-        let mut refused = None;
+        if self.breakers.is_none() && self.limits.is_none() {
+            return Ok((first, None, None));
+        }
+        let mut refused: Option<BoxError> = None;
         for k in 0..n {
             let i = (first + k) % n;
-            match breakers[i].try_acquire() {
-                Ok(permit) => return Ok((i, Some(permit))),
-                Err(rejected) => refused = Some(rejected),
+            // The limit first: a full limit costs no breaker permit.
+            let limit = match &self.limits {
+                Some(limits) => match limits[i].try_acquire(0) {
+                    Ok(permit) => Some(permit),
+                    Err(overloaded) => {
+                        refused = Some(overloaded.into());
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match self.breakers.as_ref().map(|b| b[i].try_acquire()) {
+                Some(Ok(permit)) => return Ok((i, Some(permit), limit)),
+                None => return Ok((i, None, limit)),
+                // The limit's permit goes back unsampled with `limit`.
+                Some(Err(rejected)) => refused = Some(rejected.into()),
             }
         }
         Err(refused.expect("at least one upstream"))
     }
 }
 
+/// An upstream's index, its breaker permit and its limit permit.
+type Chosen = (usize, Option<Permit>, Option<palisade::limit::Permit>);
+
 impl<S, B> Service<Request<B>> for ChooseUpstream<S>
 where
     S: Service<Request<B>>,
     S::Error: Into<BoxError>,
     UpstreamClassifier: Classify<S::Response, BoxError>,
+    DropClassifier: Classify<S::Response, BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -261,7 +299,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (index, permit) = match self.choose() {
+        let (index, permit, limit) = match self.choose() {
             Ok(chosen) => chosen,
             Err(rejected) => {
                 return ChooseFuture::Rejected {
@@ -275,6 +313,7 @@ where
             inner: self.inner.call(req),
             index,
             permit,
+            limit,
             upstreams: InFlight::new(self.upstreams.clone(), index),
             outcome: self.outcome.clone(),
         }
@@ -292,11 +331,12 @@ pin_project! {
             inner: F,
             index: usize,
             permit: Option<Permit>,
+            limit: Option<palisade::limit::Permit>,
             upstreams: InFlight,
             outcome: Arc<Outcomes>,
         },
-        /// Every breaker refused.
-        Rejected { rejected: Option<Rejected> },
+        /// Every upstream refused (full limit or open breaker).
+        Rejected { rejected: Option<BoxError> },
     }
 }
 
@@ -314,6 +354,7 @@ where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     UpstreamClassifier: Classify<T, BoxError>,
+    DropClassifier: Classify<T, BoxError>,
 {
     type Output = Result<T, BoxError>;
 
@@ -323,11 +364,20 @@ where
                 inner,
                 index,
                 permit,
+                limit,
                 upstreams,
                 outcome,
             } => {
                 let result = ready!(inner.poll(cx)).map_err(Into::into);
                 upstreams.done();
+                // At the response head: an upstream 503/429 or a timeout is
+                // a drop; a client's own body failure is no sample.
+                if let Some(limit) = limit.take() {
+                    limit.record(match &result {
+                        Err(e) if UpstreamErrorKind::of(&**e).is_none() => Outcome::Ignored,
+                        result => DropClassifier.classify(result),
+                    });
+                }
                 if let (Some(permit), Some(classifier)) = (permit.take(), &outcome.classifier) {
                     permit.record(classifier.classify(&result));
                 }
@@ -342,8 +392,7 @@ where
             }
             ChooseProj::Rejected { rejected } => Poll::Ready(Err(rejected
                 .take()
-                .expect("ChooseFuture polled after completion")
-                .into())),
+                .expect("ChooseFuture polled after completion"))),
         }
     }
 }

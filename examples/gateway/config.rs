@@ -41,6 +41,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[breaker]`: one circuit breaker per upstream (palisade-breaker).
     pub breaker: crate::breaker::BreakerConfig,
+    /// `[limit]`: one adaptive concurrency limit per upstream
+    /// (palisade-limit).
+    pub limit: crate::limit::LimitConfig,
     /// `[ratelimit]`: per-client and global limits (palisade-ratelimit).
     pub ratelimit: crate::ratelimit::RateLimitConfig,
     /// `[batch]`: `/items/{id}` lookups coalesced (palisade-batch).
@@ -292,8 +295,8 @@ impl Default for LogConfig {
     }
 }
 
-/// `[demo]` section: the embedded demo upstream's fault injection at start
-/// (changeable at run time through `/demo/faults`).
+/// `[demo]` section: the embedded demo upstream's fault injection and
+/// capacity model at start (changeable at run time through `/demo/faults`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoConfig {
@@ -301,6 +304,12 @@ pub struct DemoConfig {
     pub error_rate: f64,
     /// Latency added to every demo-upstream response.
     pub latency: ConfigDuration,
+    /// Requests the demo upstream serves at once; the others wait first
+    /// come, first served in an unbounded queue, and finish even when their
+    /// client left. 0 (the default) = unlimited.
+    pub slots: usize,
+    /// How long each request holds its slot (default 0).
+    pub service_time: ConfigDuration,
 }
 
 // === loading ===
@@ -364,6 +373,22 @@ impl Config {
             return Err(ConfigError::key(
                 "demo.error_rate",
                 format!("{} is not within 0.0..=1.0", self.demo.error_rate),
+            ));
+        }
+        if self.demo.slots > crate::upstream::MAX_SLOTS {
+            return Err(ConfigError::key(
+                "demo.slots",
+                format!(
+                    "{} is more than {} (0 = unlimited)",
+                    self.demo.slots,
+                    crate::upstream::MAX_SLOTS
+                ),
+            ));
+        }
+        if self.demo.service_time.get() > crate::upstream::MAX_SERVICE_TIME {
+            return Err(ConfigError::key(
+                "demo.service_time",
+                format!("{} is longer than 1h", self.demo.service_time),
             ));
         }
         let s = &self.server;
@@ -443,6 +468,7 @@ impl Config {
         let upstream_count = upstreams.len().max(1);
         crate::ratelimit::validate(&self.ratelimit)?;
         crate::breaker::validate(&self.breaker)?;
+        crate::limit::validate(&self.limit)?;
         crate::batch::layer(&self.batch)?;
         crate::scatter::check(&self.scatter, upstream_count)?;
         crate::hedge::settings(&self.hedge)?;

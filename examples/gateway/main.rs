@@ -36,6 +36,7 @@ mod duration;
 mod failover;
 mod headers;
 mod hedge;
+mod limit;
 mod pool;
 mod proxy;
 mod ratelimit;
@@ -168,6 +169,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let ratelimit = ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
     let breaker =
         breaker::layer_carried(&config.breaker, &reload::upstream_names(&config), &mut pass)?;
+    let limits = limit::limits_carried(&config.limit, &reload::upstream_names(&config), &mut pass)?;
     pass.commit();
     let upstream_count = upstreams.len().max(1);
     let batch = batch::layer(&config.batch)?;
@@ -183,7 +185,8 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
 
     // No upstream configured: serve the demo upstream in-process.
     let faults = if upstreams.is_empty() {
-        let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+        let faults = Faults::new(config.demo.error_rate, config.demo.latency.get())
+            .with_capacity(config.demo.slots, config.demo.service_time.get());
         let cpu = cpu::route(&config.cpu)?;
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
@@ -249,6 +252,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
         drain: drain.clone(),
         ratelimit,
         breakers,
+        limits,
         classifier,
         proxy,
         items,
@@ -330,7 +334,8 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
 /// `--demo-upstream-only`: the demo upstream alone on `server.listen`.
 async fn run_demo_upstream_only(config: &Config) -> Result<(), BoxError> {
     let shutdown = shutdown_signal()?;
-    let faults = Faults::new(config.demo.error_rate, config.demo.latency.get());
+    let faults = Faults::new(config.demo.error_rate, config.demo.latency.get())
+        .with_capacity(config.demo.slots, config.demo.service_time.get());
     let cpu = cpu::route(&config.cpu)?;
     let listener = TcpListener::bind(config.server.listen)
         .await

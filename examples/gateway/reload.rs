@@ -144,6 +144,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     let ratelimit = crate::ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
     let breaker =
         crate::breaker::layer_carried(&config.breaker, &upstream_names(config), &mut pass)?;
+    let limits = crate::limit::limits_carried(&config.limit, &upstream_names(config), &mut pass)?;
     let hedge = crate::hedge::settings(&config.hedge)?;
     let upstreams = Arc::new(Upstreams::new(&uris, config.upstream.balance));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
@@ -171,6 +172,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
         drain: base.shared.drain.clone(),
         ratelimit,
         breakers,
+        limits,
         classifier,
         proxy,
         scatter: crate::scatter::ScatterLayer::new(scatter),

@@ -6,9 +6,16 @@
 //! - `/readyz`: readiness, `200 ready` or `503 not ready` from [`Readiness`]
 //!   (cleared when draining starts).
 //! - `/metrics`: Prometheus text format.
-//! - `/demo/faults`: the demo upstream's fault injection (only when the demo
-//!   upstream runs): `GET` shows it as JSON, `PUT`/`POST` with
-//!   `?error_rate=0.5&latency_ms=100` changes it.
+//! - `/demo/faults`: the demo upstream's fault injection and capacity model
+//!   (only when the demo upstream runs inside the gateway): `GET` shows it
+//!   as JSON, `PUT`/`POST` with
+//!   `?error_rate=0.5&latency_ms=100&slots=16&service_time=20ms` (any of
+//!   them) changes it.
+//! - `/demo/stats`: the demo upstream's counters as JSON (`/items` calls;
+//!   requests served, queued and in service).
+//!
+//! Both are the demo upstream's own control routes (`upstream.rs`),
+//! answered here so they skip the policy layers.
 //!
 //! Everything else goes down the stack to the proxy.
 
@@ -17,16 +24,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::Body;
-use crate::upstream::Faults;
+use crate::upstream::{self, Faults};
 
 /// The route a request belongs to; also the `route` metric label, so the
 /// label set stays small whatever paths clients send.
@@ -248,18 +254,11 @@ impl<S> BuiltinRoutes<S> {
                 res
             }
             Route::DemoFaults => match &self.state.faults {
-                Some(faults) => demo_faults(faults, req),
+                Some(faults) => upstream::faults_route(faults, req),
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             Route::DemoStats => match &self.state.faults {
-                Some(faults) => {
-                    let mut res = Response::new(Body::from(faults.stats_json()));
-                    res.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    res
-                }
+                Some(faults) => upstream::stats_route(faults),
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             Route::Proxy => unreachable!("forwarded requests are not answered locally"),
@@ -273,73 +272,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
-}
-
-fn demo_faults<B>(faults: &Faults, req: &Request<B>) -> Response<Body> {
-    match *req.method() {
-        Method::GET | Method::HEAD => {}
-        Method::PUT | Method::POST => {
-            let mut error_rate = None;
-            let mut latency = None;
-            for kv in req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|s| !s.is_empty())
-            {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                match k {
-                    "error_rate" => match v.parse::<f64>() {
-                        Ok(r) if (0.0..=1.0).contains(&r) => error_rate = Some(r),
-                        _ => {
-                            return text(
-                                StatusCode::BAD_REQUEST,
-                                "error_rate must be within 0.0..=1.0\n",
-                            );
-                        }
-                    },
-                    "latency_ms" => match v.parse::<f64>() {
-                        Ok(ms) if (0.0..=3_600_000.0).contains(&ms) => {
-                            latency = Some(Duration::from_secs_f64(ms / 1000.0));
-                        }
-                        _ => {
-                            return text(
-                                StatusCode::BAD_REQUEST,
-                                "latency_ms must be a number of milliseconds\n",
-                            );
-                        }
-                    },
-                    _ => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            "known parameters: error_rate, latency_ms\n",
-                        );
-                    }
-                }
-            }
-            faults.set(error_rate, latency);
-            tracing::info!(
-                error_rate = faults.error_rate(),
-                latency_ms = faults.latency().as_secs_f64() * 1000.0,
-                "demo upstream faults changed"
-            );
-        }
-        _ => {
-            let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            res.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, PUT, POST"),
-            );
-            return res;
-        }
-    }
-    let mut res = Response::new(Body::from(faults.to_json()));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
     );
     res
 }

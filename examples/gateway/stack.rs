@@ -18,8 +18,9 @@
 //!  5b ItemsRouteLayer     [batch]: GET /items/{id} coalesced into /items?ids=
 //!  5c HedgeLayer          [hedge]: idempotent requests hedged across upstreams
 //!  6 ChooseUpstreamLayer  p2c on pending requests, then the first upstream
-//!                         whose breaker admits the call (one breaker per
-//!                         upstream); 503 when none does
+//!                         whose adaptive limit has room and whose breaker
+//!                         admits the call (one of each per upstream); 503
+//!                         + Retry-After when none does
 //!  8 UpstreamTimeoutLayer body cap 413 + body stall 408; upstream.timeout 504
 //!  9 Proxy                forwards over pooled keep-alive connections (a cap
 //!                         per upstream); retries within a budget (failover.rs)
@@ -52,6 +53,14 @@
 //!   own cell before it joins a batch; the batcher then calls the upstream
 //!   through its own choice + breaker + timeout (`batch.rs`), so the breaker
 //!   sees one outcome per batch, the call the upstream really served.
+//! - The adaptive limits are part of the choice (`balance.rs`, `limit.rs`):
+//!   a limit protects its upstream from queueing, so it must know which
+//!   upstream a request goes to, and a full one takes its upstream out of
+//!   the rotation like an open breaker, so p2c's choice moves to an
+//!   upstream with room. A refusal costs no upstream call and no breaker
+//!   permit, and arrives in microseconds: under overload the excess is
+//!   answered at once instead of queueing past its client's deadline.
+//!   `server.max_in_flight` (3a) stays the hard memory cap above it.
 //! - The breakers are part of the choice (`balance.rs`): an open breaker
 //!   takes its upstream out of the rotation instead of answering 503 for
 //!   its share of the traffic, and they wrap the timeout, so a timeout
@@ -117,6 +126,9 @@ pub struct Shared {
     pub ratelimit: crate::ratelimit::RateLimitLayer,
     /// Layer 6's breakers, one per upstream (index order).
     pub breakers: Vec<palisade::breaker::Breaker>,
+    /// Layer 6's adaptive concurrency limits, one per upstream (index
+    /// order); `None` when `[limit]` is off.
+    pub limits: Option<Vec<palisade::limit::Limiter>>,
     /// How layer 6 classifies a call for its breaker.
     pub classifier: crate::breaker::UpstreamClassifier,
     /// Layer 9, with its pools and its failover to another upstream.
@@ -193,6 +205,11 @@ pub fn proxied(
         ChooseUpstreamLayer::new(shared.upstreams.clone(), shared.upstream_metrics.clone());
     if layers.has(LayerName::Breaker) {
         choose = choose.with_breakers(shared.breakers.clone(), shared.classifier);
+    }
+    // The limits are part of the choice too: a full limit skips its
+    // upstream; when every upstream is full, 503 before any upstream call.
+    if let Some(limits) = &shared.limits {
+        choose = choose.with_limits(limits.clone());
     }
     // One set of upstream pools per thread-per-core worker (a connection is
     // driven by the worker that uses it); the retry budget and breakers

@@ -19,10 +19,25 @@
 //! - `/hop-by-hop` → a response carrying hop-by-hop headers (proxy tests)
 //! - `/cpu/{ms}` → spins a CPU for `ms` milliseconds off the reactor,
 //!   bounded by `[cpu]` (`cpu.rs`); over the bound, `503`
+//! - `/demo/faults` and `/demo/stats` → the control routes below, answered
+//!   before the capacity model and the faults (so they work while it is
+//!   overloaded); the gateway answers the same paths itself when the demo
+//!   upstream runs inside it (`routes.rs`)
 //!
-//! Fault injection ([`Faults`]) applies to every route: added latency, then
-//! a deterministic share of 500 answers. The gateway exposes it at
-//! `/demo/faults` (see `routes.rs`).
+//! Every other route goes through, in order: the capacity model
+//! (`upstream/capacity.rs`: wait FIFO for one of `slots`, hold it for
+//! `service_time`; work finishes even when the client leaves), the added
+//! latency, then a deterministic share of 500 answers. [`Faults`] holds all
+//! of it, changeable at run time:
+//!
+//! - `GET /demo/faults` → `{"error_rate":..,"latency_ms":..,"slots":..,
+//!   "service_time_ms":..}`; `PUT`/`POST` with any of `?error_rate=0.5`,
+//!   `latency_ms=100`, `slots=16` (0 = unlimited), `service_time=20ms`
+//!   changes it and answers the new state.
+//! - `GET /demo/stats` → the `/items` counters and the capacity model's:
+//!   `served` (service ended, client there or not), `queued` (waiting for a
+//!   slot now), `in_service` (holding a slot now), with `slots` and
+//!   `service_time_ms`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -31,7 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -39,10 +54,21 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 
+mod capacity;
+
+use capacity::Capacity;
+
 const PPM: u64 = 1_000_000;
 
-/// Run-time fault injection for the demo upstream, shared between the demo
-/// server and the gateway's `/demo/faults` route. Cloning shares the state.
+/// The most `slots` the capacity model accepts (`demo.slots`, `?slots=`).
+pub const MAX_SLOTS: usize = 1_000_000;
+
+/// The longest `service_time` (`demo.service_time`, `?service_time=`).
+pub const MAX_SERVICE_TIME: Duration = Duration::from_secs(3600);
+
+/// Run-time fault injection and capacity model for the demo upstream, shared
+/// between the demo server and the `/demo/faults` route. Cloning shares the
+/// state.
 #[derive(Debug, Clone, Default)]
 pub struct Faults(Arc<FaultsInner>);
 
@@ -58,6 +84,9 @@ struct FaultsInner {
     /// `/items?ids=` calls answered, and the ids they carried.
     batch_calls: AtomicU64,
     batched_ids: AtomicU64,
+    /// Slots, service time and their counters; shared with the tasks that
+    /// serve requests whose client left.
+    capacity: Arc<Capacity>,
 }
 
 impl Faults {
@@ -66,6 +95,14 @@ impl Faults {
         let f = Self::default();
         f.set(Some(error_rate), Some(latency));
         f
+    }
+
+    /// The same faults with a capacity model: `slots` requests served at
+    /// once (0 = unlimited), each holding its slot for `service_time`
+    /// (`[demo] slots`, `service_time`).
+    pub fn with_capacity(self, slots: usize, service_time: Duration) -> Self {
+        self.set_capacity(Some(slots), Some(service_time));
+        self
     }
 
     /// Changes the error rate and/or the added latency.
@@ -80,6 +117,23 @@ impl Faults {
         }
     }
 
+    /// Changes the slots (0 = unlimited) and/or the service time, also
+    /// while requests are queued: more slots admit queued requests at once,
+    /// fewer take effect as requests in service finish.
+    pub fn set_capacity(&self, slots: Option<usize>, service_time: Option<Duration>) {
+        self.0.capacity.set(slots, service_time);
+    }
+
+    /// Current slots, 0 = unlimited.
+    pub fn slots(&self) -> usize {
+        self.0.capacity.slots()
+    }
+
+    /// Current time each request holds its slot.
+    pub fn service_time(&self) -> Duration {
+        self.0.capacity.service_time()
+    }
+
     /// Current error rate, 0.0..=1.0.
     pub fn error_rate(&self) -> f64 {
         f64::from(self.0.error_ppm.load(Ordering::Relaxed)) / PPM as f64
@@ -90,23 +144,36 @@ impl Faults {
         Duration::from_micros(self.0.latency_us.load(Ordering::Relaxed))
     }
 
-    /// The state as a JSON object.
+    /// The state as a JSON object:
+    /// `{"error_rate":R,"latency_ms":L,"slots":S,"service_time_ms":T}`.
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"error_rate\":{},\"latency_ms\":{}}}\n",
+            "{{\"error_rate\":{},\"latency_ms\":{},\"slots\":{},\"service_time_ms\":{}}}\n",
             self.error_rate(),
-            self.latency().as_secs_f64() * 1000.0
+            self.latency().as_secs_f64() * 1000.0,
+            self.slots(),
+            self.service_time().as_secs_f64() * 1000.0,
         )
     }
 
-    /// The `/items` calls the demo upstream has received, as a JSON object:
-    /// `{"item_calls":N,"batch_calls":M,"batched_ids":K}`.
+    /// The demo upstream's counters as a JSON object: the `/items` calls it
+    /// has received (`item_calls`, `batch_calls`, `batched_ids`) and its
+    /// capacity model (`served`, `queued`, `in_service`, with `slots` and
+    /// `service_time_ms`).
     pub fn stats_json(&self) -> String {
+        let c = self.0.capacity.stats();
         format!(
-            "{{\"item_calls\":{},\"batch_calls\":{},\"batched_ids\":{}}}\n",
+            "{{\"item_calls\":{},\"batch_calls\":{},\"batched_ids\":{},\
+             \"served\":{},\"queued\":{},\"in_service\":{},\
+             \"slots\":{},\"service_time_ms\":{}}}\n",
             self.0.item_calls.load(Ordering::Relaxed),
             self.0.batch_calls.load(Ordering::Relaxed),
             self.0.batched_ids.load(Ordering::Relaxed),
+            c.served,
+            c.queued,
+            c.in_service,
+            self.slots(),
+            self.service_time().as_secs_f64() * 1000.0,
         )
     }
 
@@ -195,7 +262,13 @@ struct Ctx {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, Infallible> {
     let faults = &ctx.faults;
+    match req.uri().path() {
+        "/demo/faults" => return Ok(faults_route(faults, &req)),
+        "/demo/stats" => return Ok(stats_route(faults)),
+        _ => {}
+    }
     faults.count(req.uri());
+    faults.0.capacity.serve().await;
     let latency = faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -254,6 +327,100 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>,
         text(StatusCode::NOT_FOUND, "not found\n")
     };
     Ok(res)
+}
+
+/// `/demo/faults`: `GET`/`HEAD` shows the faults as JSON; `PUT`/`POST`
+/// with `?error_rate=0.5&latency_ms=100&slots=16&service_time=20ms` (any of
+/// them) changes them and shows the result. Answered by the demo upstream
+/// and, when it runs inside the gateway, by the gateway (`routes.rs`).
+pub fn faults_route<B>(faults: &Faults, req: &Request<B>) -> Response<Body> {
+    match *req.method() {
+        Method::GET | Method::HEAD => {}
+        Method::PUT | Method::POST => {
+            let mut error_rate = None;
+            let mut latency = None;
+            let mut slots = None;
+            let mut service_time = None;
+            for kv in req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|s| !s.is_empty())
+            {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                match k {
+                    "error_rate" => match v.parse::<f64>() {
+                        Ok(r) if (0.0..=1.0).contains(&r) => error_rate = Some(r),
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "error_rate must be within 0.0..=1.0\n",
+                            );
+                        }
+                    },
+                    "latency_ms" => match v.parse::<f64>() {
+                        Ok(ms) if (0.0..=3_600_000.0).contains(&ms) => {
+                            latency = Some(Duration::from_secs_f64(ms / 1000.0));
+                        }
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "latency_ms must be a number of milliseconds\n",
+                            );
+                        }
+                    },
+                    "slots" => match v.parse::<usize>() {
+                        Ok(n) if n <= MAX_SLOTS => slots = Some(n),
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "slots must be a whole number within 0..=1000000 (0 = unlimited)\n",
+                            );
+                        }
+                    },
+                    "service_time" => match crate::duration::parse_duration(v) {
+                        Ok(d) if d <= MAX_SERVICE_TIME => service_time = Some(d),
+                        _ => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "service_time must be a duration like 20ms, at most 1h\n",
+                            );
+                        }
+                    },
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "known parameters: error_rate, latency_ms, slots, service_time\n",
+                        );
+                    }
+                }
+            }
+            faults.set(error_rate, latency);
+            faults.set_capacity(slots, service_time);
+            tracing::info!(
+                error_rate = faults.error_rate(),
+                latency_ms = faults.latency().as_secs_f64() * 1000.0,
+                slots = faults.slots(),
+                service_time_ms = faults.service_time().as_secs_f64() * 1000.0,
+                "demo upstream faults changed"
+            );
+        }
+        _ => {
+            let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            res.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, PUT, POST"),
+            );
+            return res;
+        }
+    }
+    json(faults.to_json())
+}
+
+/// `/demo/stats`: [`Faults::stats_json`].
+pub fn stats_route(faults: &Faults) -> Response<Body> {
+    json(faults.stats_json())
 }
 
 fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {

@@ -1,0 +1,134 @@
+//! `[limit]`: one adaptive concurrency limit per upstream
+//! (`palisade-limit`), on by default, with no capacity configured.
+//!
+//! The limits are part of the upstream choice (`balance.rs`), next to the
+//! breakers: an upstream whose limit is full is skipped like one whose
+//! breaker is open, so its share of the traffic goes to upstreams with room,
+//! and only when every upstream is full is the request answered `503` with
+//! `Retry-After` (gRPC: `UNAVAILABLE`), in microseconds, without touching an
+//! upstream. Each limit learns its upstream's capacity from the latency of
+//! the calls it admits (by default the probing gradient), so a gateway in
+//! front of an upstream offered 3x its capacity keeps delivering answers at
+//! capacity instead of queueing every request past its client's patience.
+//!
+//! Limits are named `upstream/<index>` in `/metrics`
+//! (`palisade_limit_limit{limiter="upstream/0"}`) and the logs, and are
+//! carried over a reload when their section did not change (reload.rs).
+//!
+//! What is a drop: an upstream `503` or `429`, a gRPC `RESOURCE_EXHAUSTED`
+//! or `UNAVAILABLE` head, a timeout or a connection error. An error that
+//! began in the client's request body is no sample.
+
+use palisade::limit::{Aimd, Algorithm, Gradient2, Limiter, ProbingGradient, Vegas};
+use serde::Deserialize;
+
+use crate::config::{ConfigDuration, ConfigError};
+
+/// `[limit]` section; every key has the library's default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitConfig {
+    /// `false` leaves the upstreams unlimited (the `server.max_in_flight`
+    /// cap still applies).
+    pub enabled: bool,
+    /// How each limit moves.
+    pub algorithm: AlgorithmName,
+    /// The least a limit goes down to.
+    pub min_limit: usize,
+    /// The most a limit goes up to.
+    pub max_limit: usize,
+    /// Where a limit starts (default 100: permissive, so a burst to a
+    /// healthy upstream is never refused; the limit only comes down in
+    /// windows where it filled and latency rose).
+    pub initial_limit: usize,
+    /// The `Retry-After` of a refusal (rounded up to whole seconds, never
+    /// 0).
+    pub retry_after: ConfigDuration,
+}
+
+/// `limit.algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmName {
+    /// A gradient over a periodically re-measured no-load latency (the
+    /// default).
+    ProbingGradient,
+    /// Netflix's Gradient2 shape.
+    Gradient2,
+    /// Vegas: an estimated queue.
+    Vegas,
+    /// AIMD on drops and a 1 s latency ceiling.
+    Aimd,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithm: AlgorithmName::ProbingGradient,
+            min_limit: 1,
+            max_limit: 1000,
+            initial_limit: 100,
+            retry_after: ConfigDuration::from_secs(1),
+        }
+    }
+}
+
+/// Checks the section by building one limit (the library names the field).
+pub fn validate(config: &LimitConfig) -> Result<(), ConfigError> {
+    build(config, "validate").map(drop)
+}
+
+/// A limit for one upstream, or the first invalid key.
+pub fn build(config: &LimitConfig, name: &str) -> Result<Limiter, ConfigError> {
+    let key = |field: &str| format!("limit.{}", field.rsplit('.').next().unwrap_or(field));
+    let err = |e: palisade_core::ConfigError| ConfigError::key(&key(e.field()), e.reason());
+    macro_rules! algorithm {
+        ($t:ty) => {
+            <$t>::builder()
+                .min_limit(config.min_limit)
+                .max_limit(config.max_limit)
+                .initial_limit(config.initial_limit)
+                .build()
+                .map(|a| Box::new(a) as Box<dyn Algorithm>)
+                .map_err(err)?
+        };
+    }
+    let algorithm = match config.algorithm {
+        AlgorithmName::ProbingGradient => algorithm!(ProbingGradient),
+        AlgorithmName::Gradient2 => algorithm!(Gradient2),
+        AlgorithmName::Vegas => algorithm!(Vegas),
+        AlgorithmName::Aimd => algorithm!(Aimd),
+    };
+    Limiter::builder()
+        .name(name)
+        .algorithm(algorithm)
+        .retry_after(config.retry_after.get())
+        .build()
+        .map_err(err)
+}
+
+/// One limit per upstream (`upstreams` names them for the carry-over),
+/// reusing the previous generation's where nothing changed; `None` when the
+/// section is off.
+pub fn limits_carried(
+    config: &LimitConfig,
+    upstreams: &[String],
+    pass: &mut palisade::reload::Pass<'_>,
+) -> Result<Option<Vec<Limiter>>, ConfigError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let mut limits = Vec::with_capacity(upstreams.len().max(1));
+    for i in 0..upstreams.len().max(1) {
+        let url = upstreams.get(i).cloned().unwrap_or_default();
+        let name = format!("upstream/{i}");
+        let params = (url, config.clone());
+        limits.push(
+            pass.get_or_try_build(&format!("limit.upstream/{i}"), params, |_| {
+                build(config, &name)
+            })?,
+        );
+    }
+    Ok(Some(limits))
+}
