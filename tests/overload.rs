@@ -22,6 +22,10 @@ const UPSTREAM: &str = "[demo]\nslots = 8\nservice_time = \"20ms\"\n";
 const CAPACITY: f64 = 400.0;
 const DEADLINE: Duration = Duration::from_secs(1);
 
+/// The load tests of this file run one at a time: each needs the two cores
+/// to itself to say anything about goodput.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Debug, Default)]
 struct Counts {
     good: usize,
@@ -98,6 +102,7 @@ fn probe_health(gw: &Gateway, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_3x_the_defaults_answer_at_capacity_and_refuse_the_rest_at_once() {
+    let _serial = SERIAL.lock().await;
     let gw = Gateway::start_with_config(&["--no-access-log"], UPSTREAM);
     let stop = Arc::new(AtomicBool::new(false));
     let health = probe_health(&gw, stop.clone());
@@ -132,6 +137,7 @@ async fn at_3x_the_defaults_answer_at_capacity_and_refuse_the_rest_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_limit_the_same_load_collapses() {
+    let _serial = SERIAL.lock().await;
     let gw = Gateway::start_with_config(
         &["--no-access-log"],
         &format!("{UPSTREAM}\n[limit]\nenabled = false\n"),
@@ -158,4 +164,47 @@ fn an_invalid_limit_section_stops_start_up_naming_the_key() {
         "limit.initial_limit",
     );
     common::assert_config_rejected("[limit]\nalgorithm = \"magic\"\n", "algorithm");
+}
+
+#[tokio::test]
+async fn the_global_limit_reads_deadlines_never_starts_a_late_request_and_forwards_the_rest_reduced()
+ {
+    let gw = Gateway::start_with_config(
+        &["--no-access-log"],
+        "[limit]\nglobal = true\ndeadline_header = \"x-deadline-ms\"\n",
+    );
+    // A caller whose deadline is already over: refused, never sent on.
+    let late = common::send(
+        http::Request::get(gw.url("/echo"))
+            .header("grpc-timeout", "0m")
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(late.header("retry-after"), "1");
+    let m = scrape(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_limit_rejected_total",
+            r#"limiter="global",class="",reason="deadline""#
+        ),
+        1.0
+    );
+    // A live deadline reaches the upstream no larger than it was sent.
+    let reply = common::send(
+        http::Request::get(gw.url("/echo"))
+            .header("x-deadline-ms", "5000")
+            .header("grpc-timeout", "3S")
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // The deadline is the earlier of the two (3 s), forwarded in both.
+    let ms: u64 = reply.header("x-echo-h-x-deadline-ms").parse().unwrap();
+    assert!((2_000..=3_000).contains(&ms), "forwarded {ms} ms");
+    let grpc = reply.header("x-echo-h-grpc-timeout");
+    assert_eq!(grpc, format!("{ms}m"));
 }

@@ -289,6 +289,7 @@ where
     S::Error: Into<BoxError>,
     UpstreamClassifier: Classify<S::Response, BoxError>,
     DropClassifier: Classify<S::Response, BoxError>,
+    S::Response: HoldSlot,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -355,6 +356,7 @@ where
     E: Into<BoxError>,
     UpstreamClassifier: Classify<T, BoxError>,
     DropClassifier: Classify<T, BoxError>,
+    T: HoldSlot,
 {
     type Output = Result<T, BoxError>;
 
@@ -368,15 +370,23 @@ where
                 upstreams,
                 outcome,
             } => {
-                let result = ready!(inner.poll(cx)).map_err(Into::into);
+                let mut result = ready!(inner.poll(cx)).map_err(Into::into);
                 upstreams.done();
-                // At the response head: an upstream 503/429 or a timeout is
-                // a drop; a client's own body failure is no sample.
+                // An upstream 503/429 or a timeout is a drop, at the head;
+                // a client's own body failure is no sample; a success holds
+                // its slot until its body ends, where the body can carry it.
                 if let Some(limit) = limit.take() {
-                    limit.record(match &result {
+                    let outcome = match &result {
                         Err(e) if UpstreamErrorKind::of(&**e).is_none() => Outcome::Ignored,
                         result => DropClassifier.classify(result),
-                    });
+                    };
+                    let limit = match (&mut result, outcome) {
+                        (Ok(response), Outcome::Success) => response.hold(limit),
+                        _ => Some(limit),
+                    };
+                    if let Some(limit) = limit {
+                        limit.record(outcome);
+                    }
                 }
                 if let (Some(permit), Some(classifier)) = (permit.take(), &outcome.classifier) {
                     permit.record(classifier.classify(&result));
@@ -394,6 +404,28 @@ where
                 .take()
                 .expect("ChooseFuture polled after completion"))),
         }
+    }
+}
+
+// === HoldSlot ===
+
+/// A response that can carry its upstream's adaptive-limit slot until its
+/// body ends (so a streamed body counts as in flight); one that cannot
+/// gives it back, and the slot ends at the head.
+pub trait HoldSlot {
+    /// Takes `permit` along, or gives it back.
+    fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit>;
+}
+
+impl HoldSlot for http::Response<crate::body::Body> {
+    fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit> {
+        self.body_mut().hold(permit)
+    }
+}
+
+impl HoldSlot for http::Response<hyper::body::Incoming> {
+    fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit> {
+        Some(permit)
     }
 }
 

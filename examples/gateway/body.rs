@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use palisade::limit::{Outcome, Permit};
+
 use crate::pool::Lease;
 
 /// Response body: a streamed peer body or a complete gateway body.
@@ -23,6 +25,9 @@ pub enum Body {
         inner: Incoming,
         /// The pooled upstream connection carrying it, if any.
         lease: Option<Lease>,
+        /// The upstream's adaptive-limit slot, held until the body ends
+        /// (a success sample then; dropped mid-stream, no sample).
+        slot: Option<Permit>,
     },
     /// Complete in memory; `None` once sent.
     Full {
@@ -39,7 +44,11 @@ impl Body {
 
     /// A streamed body not tied to a pooled connection.
     pub fn stream(inner: Incoming) -> Self {
-        Body::Stream { inner, lease: None }
+        Body::Stream {
+            inner,
+            lease: None,
+            slot: None,
+        }
     }
 
     /// An upstream body; `lease` returns to the pool at the body's end.
@@ -47,6 +56,20 @@ impl Body {
         Body::Stream {
             inner,
             lease: Some(lease),
+            slot: None,
+        }
+    }
+
+    /// Holds an upstream's adaptive-limit slot until the body ends; gives
+    /// it back when there is nothing left to stream (the caller records it
+    /// at once).
+    pub fn hold(&mut self, permit: Permit) -> Option<Permit> {
+        match self {
+            Body::Stream { inner, slot, .. } if !http_body::Body::is_end_stream(inner) => {
+                *slot = Some(permit);
+                None
+            }
+            _ => Some(permit),
         }
     }
 }
@@ -93,14 +116,19 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // Every field is Unpin (`Incoming` included), so no projection.
         match self.get_mut() {
-            Body::Stream { inner, lease } => {
+            Body::Stream { inner, lease, slot } => {
                 let frame = Pin::new(&mut *inner).poll_frame(cx);
                 // Hand the connection back as soon as its response is
                 // complete, not when hyper gets around to dropping the body.
-                if (matches!(frame, Poll::Ready(None)) || inner.is_end_stream())
-                    && let Some(lease) = lease.take()
-                {
+                let ended = matches!(frame, Poll::Ready(None)) || inner.is_end_stream();
+                if ended && let Some(lease) = lease.take() {
                     lease.release();
+                }
+                if ended && let Some(slot) = slot.take() {
+                    slot.record(Outcome::Success);
+                } else if matches!(frame, Poll::Ready(Some(Err(_)))) {
+                    // A broken body is no latency sample.
+                    slot.take();
                 }
                 frame
             }
@@ -130,7 +158,7 @@ impl Drop for Body {
         // A body hyper never polled because it was empty from the start (204,
         // 304, HEAD, `content-length: 0`) still leaves a reusable connection.
         // One dropped mid-stream does not: its lease closes the connection.
-        if let Body::Stream { inner, lease } = self
+        if let Body::Stream { inner, lease, .. } = self
             && http_body::Body::is_end_stream(inner)
             && let Some(lease) = lease.take()
         {

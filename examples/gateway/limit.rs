@@ -19,7 +19,11 @@
 //! or `UNAVAILABLE` head, a timeout or a connection error. An error that
 //! began in the client's request body is no sample.
 
-use palisade::limit::{Aimd, Algorithm, Gradient2, Limiter, ProbingGradient, Vegas};
+use http::HeaderName;
+use palisade::limit::http::{DropClassifier, HttpPolicy};
+use palisade::limit::{
+    AdaptiveLimitLayer, Aimd, Algorithm, AtCompletion, Gradient2, Limiter, ProbingGradient, Vegas,
+};
 use serde::Deserialize;
 
 use crate::config::{ConfigDuration, ConfigError};
@@ -44,6 +48,14 @@ pub struct LimitConfig {
     /// The `Retry-After` of a refusal (rounded up to whole seconds, never
     /// 0).
     pub retry_after: ConfigDuration,
+    /// Also one adaptive limit over every proxied request together, below
+    /// `server.max_in_flight` (default off: the per-upstream limits protect
+    /// the upstreams; this one protects what they share).
+    pub global: bool,
+    /// With `global`: a request header carrying the caller's deadline in
+    /// milliseconds, read (a request whose deadline has passed is never
+    /// started) and forwarded reduced, like `grpc-timeout` always is.
+    pub deadline_header: Option<String>,
 }
 
 /// `limit.algorithm`.
@@ -70,13 +82,61 @@ impl Default for LimitConfig {
             max_limit: 1000,
             initial_limit: 100,
             retry_after: ConfigDuration::from_secs(1),
+            global: false,
+            deadline_header: None,
         }
     }
 }
 
 /// Checks the section by building one limit (the library names the field).
 pub fn validate(config: &LimitConfig) -> Result<(), ConfigError> {
+    deadline_header(config)?;
     build(config, "validate").map(drop)
+}
+
+fn deadline_header(config: &LimitConfig) -> Result<Option<HeaderName>, ConfigError> {
+    config
+        .deadline_header
+        .as_deref()
+        .map(|name| {
+            HeaderName::try_from(name).map_err(|_| {
+                ConfigError::key(
+                    "limit.deadline_header",
+                    format!("`{name}` is not a header name"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The global limit (`[limit] global`), carried over a reload like the
+/// per-upstream ones; `None` when off.
+pub fn global_carried(
+    config: &LimitConfig,
+    pass: &mut palisade::reload::Pass<'_>,
+) -> Result<Option<Limiter>, ConfigError> {
+    if !(config.enabled && config.global) {
+        return Ok(None);
+    }
+    pass.get_or_try_build("limit.global", config.clone(), |_| build(config, "global"))
+        .map(Some)
+}
+
+/// The layer of the global limit: the caller's deadline read from
+/// `grpc-timeout` (and `deadline_header`) and forwarded reduced; a drop is
+/// an upstream 503/429 or an error; the slot ends at the response head (the
+/// per-upstream limits hold theirs to the body's end).
+pub fn global_layer(
+    limiter: Limiter,
+    config: &LimitConfig,
+) -> AdaptiveLimitLayer<HttpPolicy, AtCompletion<DropClassifier>> {
+    let mut policy = HttpPolicy::default();
+    if let Ok(Some(header)) = deadline_header(config) {
+        policy = policy.deadline_header(header);
+    }
+    AdaptiveLimitLayer::new(limiter)
+        .policy(policy)
+        .finish(AtCompletion(DropClassifier))
 }
 
 /// A limit for one upstream, or the first invalid key.

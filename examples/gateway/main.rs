@@ -170,6 +170,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let breaker =
         breaker::layer_carried(&config.breaker, &reload::upstream_names(&config), &mut pass)?;
     let limits = limit::limits_carried(&config.limit, &reload::upstream_names(&config), &mut pass)?;
+    let global_limit = limit::global_carried(&config.limit, &mut pass)?;
     pass.commit();
     let upstream_count = upstreams.len().max(1);
     let batch = batch::layer(&config.batch)?;
@@ -253,6 +254,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
         ratelimit,
         breakers,
         limits,
+        global_limit,
         classifier,
         proxy,
         items,

@@ -145,6 +145,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     let breaker =
         crate::breaker::layer_carried(&config.breaker, &upstream_names(config), &mut pass)?;
     let limits = crate::limit::limits_carried(&config.limit, &upstream_names(config), &mut pass)?;
+    let global_limit = crate::limit::global_carried(&config.limit, &mut pass)?;
     let hedge = crate::hedge::settings(&config.hedge)?;
     let upstreams = Arc::new(Upstreams::new(&uris, config.upstream.balance));
     let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
@@ -173,6 +174,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
         ratelimit,
         breakers,
         limits,
+        global_limit,
         classifier,
         proxy,
         scatter: crate::scatter::ScatterLayer::new(scatter),

@@ -12,6 +12,8 @@
 //!                         generation of layers 3-9 (hot-swapped, reload.rs)
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response
 //!  3a InFlightLimitLayer  server.max_in_flight: 503 + Retry-After when full
+//!  3b AdaptiveLimitLayer  [limit] global (off by default): one adaptive
+//!                         limit over all proxied requests; deadlines
 //!  4 DrainLayer           shutdown: counts requests in flight, 503 once draining
 //!  5 ratelimit::layer     per-client and global limits, 429 + Retry-After
 //!  5a ScatterLayer       [scatter] route: every upstream at once, JSON
@@ -129,6 +131,8 @@ pub struct Shared {
     /// Layer 6's adaptive concurrency limits, one per upstream (index
     /// order); `None` when `[limit]` is off.
     pub limits: Option<Vec<palisade::limit::Limiter>>,
+    /// Layer 3b: the global adaptive limit (`[limit] global`).
+    pub global_limit: Option<palisade::limit::Limiter>,
     /// How layer 6 classifies a call for its breaker.
     pub classifier: crate::breaker::UpstreamClassifier,
     /// Layer 9, with its pools and its failover to another upstream.
@@ -227,6 +231,12 @@ pub fn proxied(
     ServiceBuilder::new()
         .layer(ErrorResponseLayer)
         .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))
+        .option_layer(
+            shared
+                .global_limit
+                .clone()
+                .map(|limiter| crate::limit::global_layer(limiter, &config.limit)),
+        )
         .layer(layers.switch(LayerName::Drain, shared.drain.layer()))
         .layer(layers.switch(LayerName::Ratelimit, shared.ratelimit.clone()))
         .layer(layers.switch(LayerName::Scatter, shared.scatter.clone()))

@@ -84,8 +84,9 @@
 //! # Draining
 //!
 //! [`Limiter::close`] refuses new and queued calls, and [`Limiter::idle`]
-//! resolves when the last call in flight has ended: run them as a
-//! palisade-shutdown phase with a deadline.
+//! resolves when the last call in flight has ended; `Limiter::drain_phase`
+//! (feature `shutdown`) runs both as a palisade-shutdown phase with a
+//! deadline.
 //!
 //! # Observability
 //!

@@ -205,6 +205,38 @@ impl Limiter {
         }
     }
 
+    /// The drain path as a palisade-shutdown phase (feature `shutdown`):
+    /// [`close`](Self::close) (queued calls are refused, new ones too), then
+    /// wait until no call holds a slot or the phase's deadline passes. The
+    /// limiter does not own its calls, so at the deadline it reports how
+    /// many were still in flight as cut; the layers that own them (the
+    /// server's drain) decide their fate.
+    #[cfg(feature = "shutdown")]
+    pub fn drain_phase(
+        &self,
+        name: impl Into<String>,
+        deadline: Duration,
+    ) -> palisade_shutdown::Phase {
+        let limiter = self.clone();
+        palisade_shutdown::Phase::new(name, deadline).action(move |ctx| async move {
+            let before = limiter.in_flight();
+            limiter.close();
+            let idle = tokio::time::timeout_at(ctx.deadline(), limiter.idle()).await;
+            let left = limiter.in_flight();
+            ctx.finished(format!(
+                "{} call(s) under limit {} finished",
+                before.saturating_sub(left),
+                limiter.name()
+            ));
+            if idle.is_err() && left > 0 {
+                ctx.cut(format!(
+                    "{left} call(s) under limit {} still in flight",
+                    limiter.name()
+                ));
+            }
+        })
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
