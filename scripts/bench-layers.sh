@@ -18,7 +18,8 @@
 # one twice) balanced round robin without idempotent retries, p2c without
 # them, and p2c with them (the defaults); full-noretry, the full stack
 # without the idempotent retries' head copy; full-lean, also without the
-# RateLimit fields on admitted responses.
+# RateLimit fields on admitted responses; full-nolimit, the full stack
+# without the per-upstream adaptive limits (`[limit] enabled = false`).
 #
 # One connection by default: with several, the requests handled per wake-up
 # (and so the per-request share of epoll, scheduling and flushing) vary with
@@ -96,6 +97,12 @@ cfg full '[ratelimit.per_client]
 rate = 1000000000
 [ratelimit.global]
 rate = 1000000000'
+cfg full-nolimit '[limit]
+enabled = false
+[ratelimit.per_client]
+rate = 1000000000
+[ratelimit.global]
+rate = 1000000000'
 cfg full-noretry '[upstream]
 retry_idempotent = false
 [ratelimit.per_client]
@@ -136,6 +143,7 @@ describe() {
     bare) echo "bare forwarder (--bare)" ;;
     none) echo "stack, no optional layer" ;;
     full) echo "full stack (limits configured)" ;;
+    full-nolimit) echo "full stack, [limit] enabled = false" ;;
     full-noretry) echo "full stack, upstream.retry_idempotent = false" ;;
     full-lean) echo "full stack, no retries, ratelimit.headers = false" ;;
     full-mt2) echo "full stack, 2 workers, multi-thread" ;;

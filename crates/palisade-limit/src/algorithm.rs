@@ -10,10 +10,10 @@
 //!
 //! | algorithm | signal | use when |
 //! |---|---|---|
-//! | [`Gradient2`] (default) | short-term vs long-term latency | the general default: finds the knee of the latency curve and follows it when capacity moves |
+//! | [`Gradient2`] | short-term vs long-term latency | no periodic re-measurement wanted; a longer tail than the default's |
 //! | [`Vegas`] | estimated queue (latency over the no-load latency) | latency is stable when unloaded and you want a small standing queue |
 //! | [`Aimd`] | drops (timeouts, 503/429) and a latency ceiling | the upstream says when it is overloaded, or you know a latency that must not be exceeded |
-//! | [`ProbingGradient`] | latency over a periodically re-measured minimum | the no-load latency drifts (deploys, data growth) and must be re-learnt |
+//! | [`ProbingGradient`] (default) | latency over a minimum re-measured every minute | the general default: holds capacity with a short tail and follows capacity steps and a drifting no-load latency |
 //!
 //! Write your own by implementing [`Algorithm`].
 

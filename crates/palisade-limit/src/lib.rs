@@ -6,7 +6,7 @@
 //! capacity; by Little's law the right limit is throughput × latency, and
 //! both change with deploys, data and autoscaling. This layer measures: each
 //! completed call is a sample (latency, outcome), and an [`Algorithm`]
-//! ([`Gradient2`] by default; [`Vegas`], [`Aimd`], [`ProbingGradient`], or
+//! ([`ProbingGradient`] by default; [`Gradient2`], [`Vegas`], [`Aimd`], or
 //! yours) moves the limit toward the concurrency where latency starts to
 //! rise. Calls beyond the limit are refused in microseconds with
 //! [`Overloaded`] (HTTP `503` + `Retry-After`, gRPC `UNAVAILABLE`), or wait

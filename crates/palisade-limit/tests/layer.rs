@@ -1,6 +1,7 @@
 //! The tower layer driven step by step with `tower_test::mock`: reservation
 //! in `poll_ready`, clones, cancellation, panics, deadlines, and the HTTP
 //! layer's body-end release and gRPC answers.
+#![cfg(feature = "http")]
 
 use std::time::Duration;
 

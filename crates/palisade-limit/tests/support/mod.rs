@@ -16,7 +16,7 @@ use std::time::Duration;
 use palisade_limit::{AdaptiveLimitLayer, Limiter, Overloaded};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 
 /// The model upstream.
 #[derive(Clone)]
@@ -159,6 +159,27 @@ pub fn limited(limiter: Option<Limiter>, upstream: &Upstream) -> Svc {
     }
 }
 
+/// The upstream as a service, with nothing in front.
+pub fn upstream_service(upstream: &Upstream) -> Svc {
+    let up = upstream.clone();
+    tower::util::BoxCloneService::new(service_fn(move |class: usize| {
+        let up = up.clone();
+        async move { up.call(class).await }
+    }))
+}
+
+/// The upstream behind any layer (tower's, a third party's), its errors
+/// boxed: the anchors the bench measures palisade against.
+pub fn layered<L>(layer: L, upstream: &Upstream) -> Svc
+where
+    L: Layer<Svc>,
+    L::Service: Service<usize, Response = usize> + Clone + Send + 'static,
+    <L::Service as Service<usize>>::Error: Into<BoxError>,
+    <L::Service as Service<usize>>::Future: Send + 'static,
+{
+    tower::util::BoxCloneService::new(layer.layer(upstream_service(upstream)).map_err(Into::into))
+}
+
 /// The request is its class.
 #[derive(Debug, Clone, Copy)]
 pub struct ByClass;
@@ -171,13 +192,32 @@ impl palisade_limit::RequestPolicy<usize> for ByClass {
 
 /// Runs `streams` against `svc`, each client giving up after `deadline`;
 /// counts only what arrives in `[measure_from, end of streams)`. Must run
-/// in a paused runtime.
+/// in a paused runtime. A refusal is palisade's [`Overloaded`]; any other
+/// error panics.
 pub async fn run(
     svc: Svc,
     streams: &[Stream],
     deadline: Duration,
     measure_from: Duration,
     seed: u64,
+) -> Report {
+    run_classified(svc, streams, deadline, measure_from, seed, is_overloaded).await
+}
+
+/// Whether `e` is palisade's refusal.
+pub fn is_overloaded(e: &BoxError) -> bool {
+    e.downcast_ref::<Overloaded>().is_some()
+}
+
+/// [`run`], with `rejected` deciding which errors are refusals (for layers
+/// other than palisade's); any other error still panics.
+pub async fn run_classified(
+    svc: Svc,
+    streams: &[Stream],
+    deadline: Duration,
+    measure_from: Duration,
+    seed: u64,
+    rejected: fn(&BoxError) -> bool,
 ) -> Report {
     let start = Instant::now();
     let end = streams.iter().map(|s| s.until).max().unwrap_or_default();
@@ -204,7 +244,7 @@ pub async fn run(
             let took = sent.elapsed();
             let kind = match outcome {
                 Ok(Ok(_)) => 0,
-                Ok(Err(e)) if e.downcast_ref::<Overloaded>().is_some() => 1,
+                Ok(Err(e)) if rejected(&e) => 1,
                 Ok(Err(e)) => panic!("unexpected error: {e}"),
                 Err(_) => 2,
             };
