@@ -98,10 +98,10 @@
 //! | name | kind | meaning |
 //! |---|---|---|
 //! | `palisade_limit_limit` | gauge | the current limit |
-//! | `palisade_limit_in_flight` | gauge | calls in flight, as of the last completed call |
+//! | `palisade_limit_in_flight` | gauge | calls in flight, as of a recent completed call (every 8th) |
 //! | `palisade_limit_queued` | gauge | calls waiting in the queue |
 //! | `palisade_limit_rejected_total` | counter | refusals, labels `class`, `reason` (`limit`, `queue_timeout`, `queue_shed`, `class_share`, `deadline`) |
-//! | `palisade_limit_rtt_seconds` | histogram | each sample's latency, label `outcome` (`success`, `drop`) |
+//! | `palisade_limit_rtt_seconds` | histogram | sample latency (every 8th success, every drop), label `outcome` (`success`, `drop`) |
 //! | `palisade_limit_queue_delay_seconds` | histogram | time a call waited for its slot |
 //!
 //! # Feature `http`

@@ -75,7 +75,14 @@ struct Control {
     bounds: Bounds,
     /// The limit the last `tracing` event reported.
     logged: usize,
+    /// Samples so far (every [`METRIC_EVERY`]th is recorded in the metrics).
+    samples: u64,
 }
+
+/// One sample in this many goes to the latency histogram and the in-flight
+/// gauge: a uniform subsample keeps the histogram's shape at an eighth of
+/// its cost on the hot path.
+const METRIC_EVERY: u64 = 8;
 
 /// The wait queue, under its own lock.
 struct Queue {
@@ -110,6 +117,7 @@ impl Limiter {
                 algorithm: b.algorithm,
                 bounds,
                 logged: bounds.initial,
+                samples: 0,
             }),
             queue: Mutex::new(Queue {
                 waiters: VecDeque::new(),
@@ -406,13 +414,17 @@ impl Shared {
             rtt: Duration::from_nanos(now.saturating_sub(start)),
             in_flight,
             dropped,
-            saturated: self.saturated.swap(false, Relaxed),
+            // A load first: the flag is usually clear, and a swap would
+            // write the line every call.
+            saturated: self.saturated.load(Relaxed) && self.saturated.swap(false, Relaxed),
             at_nanos: now,
         };
         let old = self.limit.load(Relaxed);
         let proposed = control.algorithm.update(&sample, old);
         let new = control.bounds.clamp(proposed);
         let probing = control.algorithm.probing();
+        control.samples = control.samples.wrapping_add(1);
+        let to_metrics = control.samples % METRIC_EVERY == 1;
         if new != old {
             self.limit.store(new, SeqCst);
             self.metrics.limit.set(new as f64);
@@ -436,13 +448,15 @@ impl Shared {
             self.probing.store(probing, Relaxed);
             tracing::debug!(target: "palisade_limit", limiter = &*self.name, probing, "re-measuring the no-load latency");
         }
-        let seconds = sample.rtt.as_secs_f64();
-        if dropped {
-            self.metrics.rtt_drop.record(seconds);
-        } else {
-            self.metrics.rtt_success.record(seconds);
+        if to_metrics || dropped {
+            let seconds = sample.rtt.as_secs_f64();
+            if dropped {
+                self.metrics.rtt_drop.record(seconds);
+            } else {
+                self.metrics.rtt_success.record(seconds);
+            }
+            self.metrics.in_flight.set(self.counts.in_flight() as f64);
         }
-        self.metrics.in_flight.set(self.counts.in_flight() as f64);
         if new > old && self.counts.waiting() > 0 {
             self.grant();
         }

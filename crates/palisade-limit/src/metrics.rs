@@ -7,14 +7,16 @@ use crate::error::Reason;
 
 /// Gauge: the current limit. Label `limiter`.
 pub const LIMIT: &str = "palisade_limit_limit";
-/// Gauge: calls in flight, as of the last completed call. Label `limiter`.
+/// Gauge: calls in flight, as of a recent completed call (every 8th, and
+/// every drop). Label `limiter`.
 pub const IN_FLIGHT: &str = "palisade_limit_in_flight";
 /// Counter: calls refused. Labels `limiter`, `class` (`""` without
 /// classes), `reason` (`limit`, `queue_timeout`, `queue_shed`,
 /// `class_share`, `deadline`).
 pub const REJECTED: &str = "palisade_limit_rejected_total";
-/// Histogram: the latency of each sample fed to the algorithm, in seconds.
-/// Labels `limiter`, `outcome` (`success`, `drop`).
+/// Histogram: the latency of the samples fed to the algorithm, in seconds:
+/// every 8th success (a uniform subsample, at an eighth of the cost) and
+/// every drop. Labels `limiter`, `outcome` (`success`, `drop`).
 pub const RTT: &str = "palisade_limit_rtt_seconds";
 /// Histogram: how long a call waited in the queue before its slot, in
 /// seconds. Label `limiter`.

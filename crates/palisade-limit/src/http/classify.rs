@@ -18,11 +18,15 @@ pub struct DropClassifier;
 
 impl DropClassifier {
     /// Whether a response head says the call was dropped.
+    #[inline]
     pub fn is_drop(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        matches!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) || self.is_grpc_drop(headers)
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => true,
+            // A gRPC status rides on a 200 whose content-type says gRPC
+            // (a lookup of a standard header, cheaper than `grpc-status`'s).
+            StatusCode::OK => grpc::is_grpc(headers) && self.is_grpc_drop(headers),
+            _ => false,
+        }
     }
 
     /// Whether trailers (or a trailers-only head) carry a gRPC status that
