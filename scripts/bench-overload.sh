@@ -5,8 +5,11 @@
 # served even after their client left) is offered load by examples/loadgen.rs:
 # open loop at RATE req/s, each client giving up after DEADLINE. Targets:
 #   nothing          loadgen straight at the upstream
-#   gateway          the gateway on its defaults in front of it
+#   gateway          the gateway on its defaults in front of it (adaptive
+#                    per-upstream limits on)
+#   gateway no limit the gateway with `[limit] enabled = false`
 #   gateway static   the gateway with `[server] max_in_flight = MAX_IN_FLIGHT`
+#                    and no adaptive limit (a static limit set by hand)
 #   nginx            a plain `proxy_pass` (no limits configured)
 # Each target gets a fresh upstream (a backlog left by the previous one
 # would still be served) and its proxy is stopped after its run. Prints a
@@ -63,7 +66,8 @@ CAPACITY=$(awk -v s="$SLOTS" -v t="$(awk -v d="$SERVICE_TIME" 'BEGIN { n = d + 0
 RUN_BOUND=$(($(secs "$WARMUP") + $(secs "$DURATION") + $(secs "$DEADLINE") + 30))
 
 printf '[demo]\nslots = %s\nservice_time = "%s"\n' "$SLOTS" "$SERVICE_TIME" >"$WORK/upstream.toml"
-printf '[server]\nmax_in_flight = %s\n' "$MAX_IN_FLIGHT" >"$WORK/static.toml"
+printf '[server]\nmax_in_flight = %s\n[limit]\nenabled = false\n' "$MAX_IN_FLIGHT" >"$WORK/static.toml"
+printf '[limit]\nenabled = false\n' >"$WORK/nolimit.toml"
 
 # stop PID: SIGTERM, SIGKILL after 5 s; waits for the exit so the port is free.
 stop() {
@@ -161,11 +165,20 @@ stop "$PROXY"
 stop "$UPSTREAM_PID"
 
 start_upstream
+start_gateway "" --no-access-log --listen "127.0.0.1:$((BASE + 4))" --upstream "http://127.0.0.1:$BASE" \
+  --config "$WORK/nolimit.toml"
+PROXY=$LAST_PID
+wait_port "$((BASE + 4))"
+measure "gateway, [limit] enabled = false" "$((BASE + 4))"
+stop "$PROXY"
+stop "$UPSTREAM_PID"
+
+start_upstream
 start_gateway "" --no-access-log --listen "127.0.0.1:$((BASE + 2))" --upstream "http://127.0.0.1:$BASE" \
   --config "$WORK/static.toml"
 PROXY=$LAST_PID
 wait_port "$((BASE + 2))"
-measure "gateway max_in_flight=$MAX_IN_FLIGHT" "$((BASE + 2))"
+measure "gateway max_in_flight=$MAX_IN_FLIGHT, no adaptive limit" "$((BASE + 2))"
 stop "$PROXY"
 stop "$UPSTREAM_PID"
 
