@@ -320,3 +320,29 @@ async fn admin_reload_is_opt_in_and_reports_the_outcome() {
         bad.text()
     );
 }
+
+/// The per-upstream adaptive limits are carried over a reload that leaves
+/// `[limit]` alone (what they learnt is kept), and rebuilt when it changes.
+#[tokio::test]
+async fn adaptive_limits_are_kept_unless_their_section_changes() {
+    let other = |rate: u32| format!("[ratelimit.global]\nrate = {rate}\nperiod = \"1s\"\n");
+    let gw = Gateway::start_with_config(&[], &other(1000));
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+
+    gw.rewrite_config(&other(2000));
+    gw.sighup();
+    let line = wait_line(&gw, "stateful layers carried over", 1).await;
+    assert!(line.contains(r#""limit.upstream/0""#), "{line}");
+    assert!(
+        line.contains("kept=[") && !line.contains(r#"fresh=["limit.upstream/0""#),
+        "{line}"
+    );
+    wait_line(&gw, "reload applied", 0).await;
+
+    gw.rewrite_config(&format!("{}\n[limit]\nmax_limit = 500\n", other(2000)));
+    gw.sighup();
+    let line = wait_line(&gw, "stateful layers carried over", 2).await;
+    assert!(line.contains(r#"fresh=["limit.upstream/0"]"#), "{line}");
+    wait_line(&gw, "reload applied", 1).await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+}

@@ -63,12 +63,19 @@ async fn holds_capacity(algorithm: impl Algorithm, factor: f64, seed: u64) -> Re
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_holds_goodput_at_3x_and_10x() {
-    for (factor, seed) in [(3.0, 11), (10.0, 12)] {
+async fn the_default_holds_goodput_at_1x_3x_and_10x() {
+    // At exactly 1x, Poisson arrivals queue at the upstream by themselves
+    // (an M/D/8 queue at full load has no steady state), and the limit,
+    // rarely full, stays high: p99 73 ms, 5.7% refused. Overloaded, the
+    // limit fills and settles: p99 within twice the service time.
+    for (factor, seed, p99) in [
+        (1.0, 13, 4 * SERVICE),
+        (3.0, 11, 2 * SERVICE),
+        (10.0, 12, 2 * SERVICE),
+    ] {
         let r = holds_capacity(default_algorithm(), factor, seed).await;
         assert!(r.goodput() >= 0.9 * CAPACITY, "goodput {:.0}", r.goodput());
-        // unloaded p99 is the service time; at most twice that
-        assert!(r.p99() <= 2 * SERVICE, "p99 {:?}", r.p99());
+        assert!(r.p99() <= p99, "p99 {:?}", r.p99());
         assert_eq!(r.timed_out, 0);
         // refusals are immediate (no time passes in the limiter)
         assert_eq!(
