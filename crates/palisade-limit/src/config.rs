@@ -76,7 +76,7 @@ impl LimiterBuilder {
         self
     }
 
-    /// How the limit moves. Default [`Gradient2::default()`].
+    /// How the limit moves. Default [`ProbingGradient::default()`].
     pub fn algorithm(mut self, algorithm: impl Algorithm) -> Self {
         self.algorithm = Box::new(algorithm);
         self
