@@ -42,6 +42,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+// The gateway's duration syntax ("250ms", "10s", "1.5s"), one parser for both.
+#[path = "gateway/duration.rs"]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "loadgen reads durations only from its flags"
+)]
+mod duration;
+use duration::parse_duration;
+
 /// Command-line flags.
 #[derive(Debug, Parser)]
 #[command(
@@ -253,28 +263,6 @@ fn ms(d: Duration) -> f64 {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// `"10s"`, `"250ms"`, `"1.5s"`, `"2m"`, `"0"`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {s:?}, expected e.g. \"250ms\" or \"10s\"");
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(err)?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
-    let scale = match unit {
-        "us" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => return Err(err()),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
 }
 
 /// `"name:value"`.

@@ -13,6 +13,7 @@
 //! | [`Gradient2`] | short-term vs long-term latency | no periodic re-measurement wanted; a longer tail than the default's |
 //! | [`Vegas`] | estimated queue (latency over the no-load latency) | latency is stable when unloaded and you want a small standing queue |
 //! | [`Aimd`] | drops (timeouts, 503/429) and a latency ceiling | the upstream says when it is overloaded, or you know a latency that must not be exceeded |
+//! | [`Fixed`] | none | you know the capacity and want the queue, classes or deadlines around a static limit |
 //! | [`ProbingGradient`] (default) | latency over a minimum re-measured every minute | the general default: holds capacity with a short tail and follows capacity steps and a drifting no-load latency |
 //!
 //! Write your own by implementing [`Algorithm`].
@@ -22,7 +23,32 @@ use std::time::Duration;
 
 use palisade_core::ConfigError;
 
+/// The three bounds setters every algorithm's builder has (over its
+/// `bounds: Bounds` field), written once.
+macro_rules! bounds_setters {
+    () => {
+        /// The lowest limit (default 1, at least 1).
+        pub fn min_limit(mut self, min: usize) -> Self {
+            self.bounds.min = min;
+            self
+        }
+
+        /// The highest limit (default 1000).
+        pub fn max_limit(mut self, max: usize) -> Self {
+            self.bounds.max = max;
+            self
+        }
+
+        /// The limit before the first sample (default 20).
+        pub fn initial_limit(mut self, initial: usize) -> Self {
+            self.bounds.initial = initial;
+            self
+        }
+    };
+}
+
 mod aimd;
+mod fixed;
 mod gradient2;
 mod knee;
 mod probing;
@@ -31,6 +57,7 @@ mod tests;
 mod vegas;
 
 pub use aimd::{Aimd, AimdBuilder};
+pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use probing::{ProbingGradient, ProbingGradientBuilder};
 pub use vegas::{Vegas, VegasBuilder};
@@ -69,6 +96,13 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// Every algorithm's default range: 1 to 1000, starting at 20.
+    pub const DEFAULT: Bounds = Bounds {
+        min: 1,
+        max: 1000,
+        initial: 20,
+    };
+
     /// Checks `1 <= min <= initial <= max`, naming the field that breaks it.
     pub fn validate(&self, component: &'static str) -> Result<(), ConfigError> {
         if self.min == 0 {

@@ -139,7 +139,7 @@ mod policy;
 mod service;
 mod sync;
 
-pub use algorithm::{Aimd, Algorithm, Bounds, Gradient2, ProbingGradient, Sample, Vegas};
+pub use algorithm::{Aimd, Algorithm, Bounds, Fixed, Gradient2, ProbingGradient, Sample, Vegas};
 pub use config::{LimiterBuilder, Mode};
 pub use error::{Overloaded, Reason};
 pub use finish::{AtCompletion, Finish};

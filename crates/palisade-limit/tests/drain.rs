@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use palisade_limit::{Aimd, Limiter, Mode, Outcome, Reason};
+use palisade_limit::{Fixed, Limiter, Mode, Outcome, Reason};
 use palisade_shutdown::{Shutdown, Trigger};
 use tower::{Layer, ServiceExt};
 
@@ -16,14 +16,7 @@ fn fixed(limit: usize) -> Limiter {
         .mode(Mode::Queue)
         .max_wait(Duration::from_secs(10))
         .target_delay(Duration::from_millis(5))
-        .algorithm(
-            Aimd::builder()
-                .min_limit(limit)
-                .initial_limit(limit)
-                .max_limit(limit)
-                .build()
-                .unwrap(),
-        )
+        .algorithm(Fixed::new(limit))
         .build()
         .unwrap()
 }

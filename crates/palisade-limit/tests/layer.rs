@@ -11,19 +11,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use palisade_limit::http::{HttpPolicy, layer as http_layer};
-use palisade_limit::{AdaptiveLimitLayer, Aimd, Deadline, Limiter, Mode, Overloaded, Reason};
+use palisade_limit::{
+    AdaptiveLimitLayer, Aimd, Deadline, Fixed, Limiter, Mode, Overloaded, Reason,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_test::mock::{self, Mock};
 
 fn fixed(limit: usize) -> palisade_limit::LimiterBuilder {
-    Limiter::builder().algorithm(
-        Aimd::builder()
-            .min_limit(limit)
-            .initial_limit(limit)
-            .max_limit(limit)
-            .build()
-            .unwrap(),
-    )
+    Limiter::builder().algorithm(Fixed::new(limit))
 }
 
 fn overloaded(error: tower::BoxError) -> Overloaded {

@@ -45,8 +45,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use palisade_limit::{
-    AdaptiveLimit, AdaptiveLimitLayer, Aimd, AtCompletion, BoxError, Classify, Gradient2, Limiter,
-    Mode, Outcome, Overloaded, Permit, ProbingGradient, Reason, RequestPolicy,
+    AdaptiveLimit, AdaptiveLimitLayer, Aimd, AtCompletion, BoxError, Classify, Fixed, Gradient2,
+    Limiter, Mode, Outcome, Overloaded, Permit, ProbingGradient, Reason, RequestPolicy,
 };
 use proptest::prelude::*;
 use tokio::sync::oneshot;
@@ -233,14 +233,7 @@ impl Config {
             builder
         };
         let builder = match self.algo {
-            Algo::Fixed(limit) => builder.algorithm(
-                Aimd::builder()
-                    .min_limit(limit)
-                    .initial_limit(limit)
-                    .max_limit(limit)
-                    .build()
-                    .unwrap(),
-            ),
+            Algo::Fixed(limit) => builder.algorithm(Fixed::new(limit)),
             Algo::Aimd => builder.algorithm(
                 Aimd::builder()
                     .min_limit(1)

@@ -34,9 +34,7 @@ pub struct Aimd {
 /// Builds an [`Aimd`]; see each method for its default.
 #[derive(Debug, Clone)]
 pub struct AimdBuilder {
-    min_limit: usize,
-    max_limit: usize,
-    initial_limit: usize,
+    bounds: Bounds,
     backoff_ratio: f64,
     timeout: Duration,
 }
@@ -91,9 +89,7 @@ impl Algorithm for Aimd {
 impl Default for AimdBuilder {
     fn default() -> Self {
         Self {
-            min_limit: 1,
-            max_limit: 1000,
-            initial_limit: 20,
+            bounds: Bounds::DEFAULT,
             backoff_ratio: 0.9,
             timeout: Duration::from_secs(1),
         }
@@ -101,23 +97,7 @@ impl Default for AimdBuilder {
 }
 
 impl AimdBuilder {
-    /// The lowest limit (default 1).
-    pub fn min_limit(mut self, min: usize) -> Self {
-        self.min_limit = min;
-        self
-    }
-
-    /// The highest limit (default 1000).
-    pub fn max_limit(mut self, max: usize) -> Self {
-        self.max_limit = max;
-        self
-    }
-
-    /// The limit before the first sample (default 20).
-    pub fn initial_limit(mut self, initial: usize) -> Self {
-        self.initial_limit = initial;
-        self
-    }
+    bounds_setters!();
 
     /// What the limit is multiplied by on a drop or a call slower than
     /// [`timeout`](Self::timeout) (default 0.9, in `(0, 1)`). A gentle cut:
@@ -139,11 +119,7 @@ impl AimdBuilder {
 
     /// Checks the configuration.
     pub fn build(self) -> Result<Aimd, ConfigError> {
-        let bounds = Bounds {
-            min: self.min_limit,
-            max: self.max_limit,
-            initial: self.initial_limit,
-        };
+        let bounds = self.bounds;
         bounds.validate(COMPONENT)?;
         if !(self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0) {
             return Err(ConfigError::new(

@@ -63,9 +63,7 @@ pub struct Gradient2 {
 /// Builds a [`Gradient2`]; see each method for its default.
 #[derive(Debug, Clone)]
 pub struct Gradient2Builder {
-    min_limit: usize,
-    max_limit: usize,
-    initial_limit: usize,
+    bounds: Bounds,
     window: usize,
     tolerance: f64,
     smoothing: f64,
@@ -187,9 +185,7 @@ impl Algorithm for Gradient2 {
 impl Default for Gradient2Builder {
     fn default() -> Self {
         Self {
-            min_limit: 1,
-            max_limit: 1000,
-            initial_limit: 20,
+            bounds: Bounds::DEFAULT,
             window: 600,
             tolerance: 1.5,
             smoothing: 0.2,
@@ -198,23 +194,7 @@ impl Default for Gradient2Builder {
 }
 
 impl Gradient2Builder {
-    /// The lowest limit (default 1).
-    pub fn min_limit(mut self, min: usize) -> Self {
-        self.min_limit = min;
-        self
-    }
-
-    /// The highest limit (default 1000).
-    pub fn max_limit(mut self, max: usize) -> Self {
-        self.max_limit = max;
-        self
-    }
-
-    /// The limit before the first sample (default 20).
-    pub fn initial_limit(mut self, initial: usize) -> Self {
-        self.initial_limit = initial;
-        self
-    }
+    bounds_setters!();
 
     /// How many samples the long-term latency averages over (default 600,
     /// at least 1): long enough that a burst of slow calls reads as a
@@ -241,11 +221,7 @@ impl Gradient2Builder {
 
     /// Checks the configuration.
     pub fn build(self) -> Result<Gradient2, ConfigError> {
-        let bounds = Bounds {
-            min: self.min_limit,
-            max: self.max_limit,
-            initial: self.initial_limit,
-        };
+        let bounds = self.bounds;
         bounds.validate(COMPONENT)?;
         if self.window == 0 {
             return Err(ConfigError::new(

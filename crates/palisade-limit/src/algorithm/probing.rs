@@ -111,9 +111,7 @@ struct Window {
 /// Builds a [`ProbingGradient`]; see each method for its default.
 #[derive(Debug, Clone)]
 pub struct ProbingGradientBuilder {
-    min_limit: usize,
-    max_limit: usize,
-    initial_limit: usize,
+    bounds: Bounds,
     sample_window: Duration,
     percentile: f64,
     buffer_fraction: f64,
@@ -306,9 +304,7 @@ impl Algorithm for ProbingGradient {
 impl Default for ProbingGradientBuilder {
     fn default() -> Self {
         Self {
-            min_limit: 1,
-            max_limit: 1000,
-            initial_limit: 20,
+            bounds: Bounds::DEFAULT,
             sample_window: Duration::from_millis(100),
             percentile: 0.5,
             buffer_fraction: 0.25,
@@ -322,24 +318,7 @@ impl Default for ProbingGradientBuilder {
 }
 
 impl ProbingGradientBuilder {
-    /// The lowest limit (default 1).
-    pub fn min_limit(mut self, min: usize) -> Self {
-        self.min_limit = min;
-        self
-    }
-
-    /// The highest limit (default 1000).
-    pub fn max_limit(mut self, max: usize) -> Self {
-        self.max_limit = max;
-        self
-    }
-
-    /// The limit before the first sample, and after the first probe
-    /// (default 20).
-    pub fn initial_limit(mut self, initial: usize) -> Self {
-        self.initial_limit = initial;
-        self
-    }
+    bounds_setters!();
 
     /// How long calls are grouped before the limit moves (default 100 ms,
     /// above zero; a window also closes at 1024 calls).
@@ -400,11 +379,7 @@ impl ProbingGradientBuilder {
 
     /// Checks the configuration.
     pub fn build(self) -> Result<ProbingGradient, ConfigError> {
-        let bounds = Bounds {
-            min: self.min_limit,
-            max: self.max_limit,
-            initial: self.initial_limit,
-        };
+        let bounds = self.bounds;
         bounds.validate(COMPONENT)?;
         let nanos = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
         if self.sample_window.is_zero() {

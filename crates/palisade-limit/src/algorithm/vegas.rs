@@ -64,9 +64,7 @@ pub struct Vegas {
 /// Builds a [`Vegas`]; see each method for its default.
 #[derive(Debug, Clone)]
 pub struct VegasBuilder {
-    min_limit: usize,
-    max_limit: usize,
-    initial_limit: usize,
+    bounds: Bounds,
     alpha: f64,
     beta: f64,
     threshold: f64,
@@ -206,9 +204,7 @@ impl Algorithm for Vegas {
 impl Default for VegasBuilder {
     fn default() -> Self {
         Self {
-            min_limit: 1,
-            max_limit: 1000,
-            initial_limit: 20,
+            bounds: Bounds::DEFAULT,
             alpha: 2.0,
             beta: 4.0,
             threshold: 1.0,
@@ -219,23 +215,7 @@ impl Default for VegasBuilder {
 }
 
 impl VegasBuilder {
-    /// The lowest limit (default 1).
-    pub fn min_limit(mut self, min: usize) -> Self {
-        self.min_limit = min;
-        self
-    }
-
-    /// The highest limit (default 1000).
-    pub fn max_limit(mut self, max: usize) -> Self {
-        self.max_limit = max;
-        self
-    }
-
-    /// The limit before the first sample (default 20).
-    pub fn initial_limit(mut self, initial: usize) -> Self {
-        self.initial_limit = initial;
-        self
-    }
+    bounds_setters!();
 
     /// Below `alpha * log10(limit)` queued calls the limit grows (default
     /// 2, above [`threshold`](Self::threshold)).
@@ -277,11 +257,7 @@ impl VegasBuilder {
 
     /// Checks the configuration.
     pub fn build(self) -> Result<Vegas, ConfigError> {
-        let bounds = Bounds {
-            min: self.min_limit,
-            max: self.max_limit,
-            initial: self.initial_limit,
-        };
+        let bounds = self.bounds;
         bounds.validate(COMPONENT)?;
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
             return Err(ConfigError::new(

@@ -5,7 +5,7 @@
 use loom::thread;
 
 use super::*;
-use crate::algorithm::Aimd;
+use crate::algorithm::Fixed;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -15,14 +15,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 
 fn limiter(limit: usize, mode: Mode) -> Limiter {
     Limiter::builder()
-        .algorithm(
-            Aimd::builder()
-                .min_limit(limit)
-                .initial_limit(limit)
-                .max_limit(limit)
-                .build()
-                .unwrap(),
-        )
+        .algorithm(Fixed::new(limit))
         .mode(mode)
         .build()
         .unwrap()

@@ -2,17 +2,10 @@ use std::task::Context;
 use std::time::Duration;
 
 use super::*;
-use crate::algorithm::Aimd;
+use crate::algorithm::{Aimd, Fixed};
 
 fn fixed(limit: usize) -> LimiterBuilder {
-    Limiter::builder().algorithm(
-        Aimd::builder()
-            .min_limit(limit)
-            .initial_limit(limit)
-            .max_limit(limit)
-            .build()
-            .unwrap(),
-    )
+    Limiter::builder().algorithm(Fixed::new(limit))
 }
 
 fn reserve(slot: &mut Slot, limiter: &Limiter) -> Poll<()> {
