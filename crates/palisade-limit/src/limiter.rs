@@ -359,6 +359,11 @@ impl Shared {
             since: self.clock.now_nanos(),
         });
         let mut queue = lock(&self.queue);
+        // `close` drains the queue under this lock after setting `closed`:
+        // a waiter arriving after the drain must not wait for nothing.
+        if self.closed.load(SeqCst) {
+            return Enqueued::Full;
+        }
         // Under the queue lock, so a granter that sees the count also finds
         // the waiter in the queue.
         if self.counts.join_or_take(self.limit.load(Relaxed)) == Joined::Took {
