@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Gateway, assert_config_rejected, breaker_failures, get, metric, metric_with, scrape,
-    wait_for_metric,
+    Gateway, RecordingUpstream, assert_config_rejected, breaker_failures, get, metric, metric_with,
+    raw_exchange, scrape, wait_for_metric,
 };
 use http::StatusCode;
 use http_body_util::Full;
@@ -395,6 +395,16 @@ fn edge_keys_are_validated_at_start_up() {
     );
     assert_config_rejected("[server]\nworkers = 100000\n", "server.workers");
     assert_config_rejected(
+        "[server]\nmax_header_bytes = 8191\n",
+        "server.max_header_bytes",
+    );
+    assert_config_rejected(
+        "[server]\nmax_header_bytes = 1048577\n",
+        "server.max_header_bytes",
+    );
+    assert_config_rejected("[server]\nmax_headers = 0\n", "server.max_headers");
+    assert_config_rejected("[server]\nmax_headers = 10001\n", "server.max_headers");
+    assert_config_rejected(
         "[upstream]\npool_idle_timeout = \"0\"\n",
         "upstream.pool_idle_timeout",
     );
@@ -550,4 +560,290 @@ async fn at_the_in_flight_cap_excess_load_is_shed_and_memory_stays_flat() {
         metric(&m, "gateway_requests_in_flight", r#"route="proxy""#),
         0.0
     );
+}
+
+// === hostile input at the edge: methods, Host, the head budget ===
+
+/// [`raw_exchange`] bounded by [`BOUND`].
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    tokio::time::timeout(BOUND, raw_exchange(addr, raw))
+        .await
+        .expect("answered and closed in time")
+}
+
+/// The status lines of every response in `raw` (a whole exchange).
+fn status_lines(raw: &str) -> Vec<&str> {
+    raw.split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1."))
+        .collect()
+}
+
+#[tokio::test]
+async fn connect_and_trace_are_refused_405_and_never_forwarded() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&["--no-access-log", "--upstream", &upstream.url()]);
+
+    // CONNECT, with the bytes of a would-be tunnel right behind it: one 405,
+    // then the connection is closed, so those bytes are never read as a
+    // request (here a GET that must not be answered or forwarded).
+    let out = exchange(
+        gw.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n\
+          GET /tunnelled HTTP/1.1\r\nhost: gw\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status_lines(&out),
+        ["HTTP/1.1 405 Method Not Allowed"],
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nmethod not allowed\n"), "{out}");
+
+    // TRACE would reflect the request's fields (cookies included) back.
+    let out = exchange(
+        gw.addr,
+        b"TRACE /x HTTP/1.1\r\nhost: gw\r\ncookie: secret\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status_lines(&out),
+        ["HTTP/1.1 405 Method Not Allowed"],
+        "{out}"
+    );
+    assert!(!out.contains("secret"), "{out}");
+
+    // An unknown but valid method token is proxied as it is.
+    let out = exchange(
+        gw.addr,
+        b"PURGE /cached HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_lines(&out), ["HTTP/1.1 200 OK"], "{out}");
+
+    assert_eq!(upstream.request_lines(), ["PURGE /cached HTTP/1.1"]);
+    let m = scrape(&gw).await;
+    assert_eq!(
+        metric(&m, "gateway_refused_total", r#"reason="method""#),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_requests_total",
+            r#"route="proxy",status="405""#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn host_must_be_present_once_and_agree_with_the_target() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&["--no-access-log", "--upstream", &upstream.url()]);
+
+    for raw in [
+        // HTTP/1.1 without Host (RFC 9112 §3.2).
+        &b"GET /none HTTP/1.1\r\n\r\n"[..],
+        // Two Host fields.
+        b"GET /two HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n",
+        // An absolute-form target naming another host (RFC 9112 §3.2.2).
+        b"GET http://a.example/mismatch HTTP/1.1\r\nhost: b.example\r\n\r\n",
+        // A Host that is not an authority.
+        b"GET /invalid HTTP/1.1\r\nhost: a b\r\n\r\n",
+    ] {
+        let out = exchange(gw.addr, raw).await;
+        assert_eq!(status_lines(&out), ["HTTP/1.1 400 Bad Request"], "{out}");
+        assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+    }
+
+    // HTTP/1.0 may omit Host; an absolute-form target that agrees is fine.
+    let out = exchange(gw.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_lines(&out).len(), 1, "{out}");
+    assert!(status_lines(&out)[0].ends_with(" 200 OK"), "{out}");
+    let out = exchange(
+        gw.addr,
+        b"GET http://a.example/agrees HTTP/1.1\r\nhost: A.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_lines(&out), ["HTTP/1.1 200 OK"], "{out}");
+
+    assert_eq!(
+        upstream.request_lines(),
+        ["GET /old HTTP/1.1", "GET /agrees HTTP/1.1"]
+    );
+    let m = scrape(&gw).await;
+    assert_eq!(metric(&m, "gateway_refused_total", r#"reason="host""#), 4.0);
+}
+
+/// Writes `raw` on a new connection while reading whatever comes back
+/// until the gateway closes it; returns what was read and how the read
+/// ended (`None`: a clean end of stream). Unlike [`raw_exchange`] a write
+/// cut short by the gateway's close is expected here.
+async fn oversized_exchange(
+    addr: SocketAddr,
+    raw: Vec<u8>,
+) -> (String, Option<std::io::ErrorKind>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&raw).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = tokio::time::timeout(BOUND, async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => return None,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) => return Some(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    let _ = tokio::time::timeout(BOUND, writer).await;
+    (String::from_utf8_lossy(&out).into_owned(), end)
+}
+
+/// A `GET /` whose one extra field `x-big` holds `len` bytes.
+fn request_with_field(len: usize) -> Vec<u8> {
+    let mut raw = b"GET /big HTTP/1.1\r\nhost: gw\r\nconnection: close\r\nx-big: ".to_vec();
+    raw.resize(raw.len() + len, b'a');
+    raw.extend_from_slice(b"\r\n\r\n");
+    raw
+}
+
+#[tokio::test]
+async fn a_head_over_the_budget_is_431_and_never_forwarded() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&["--no-access-log", "--upstream", &upstream.url()]);
+    // The default budget is 64 KiB: one 200 KB field used to be forwarded.
+    let (out, end) = oversized_exchange(gw.addr, request_with_field(200_000)).await;
+    // hyper answers it itself once its read buffer is full, and closes: the
+    // stack never sees the request. Observed: a clean end of stream; a
+    // reset is possible too, the unread rest of the field being discarded.
+    assert!(
+        out.starts_with(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n"
+        ),
+        "{out} {end:?}"
+    );
+    assert!(
+        matches!(end, None | Some(std::io::ErrorKind::ConnectionReset)),
+        "{end:?}"
+    );
+    // Under the budget: forwarded.
+    let (out, _) = oversized_exchange(gw.addr, request_with_field(60_000)).await;
+    assert_eq!(status_lines(&out), ["HTTP/1.1 200 OK"], "{out}");
+    assert_eq!(upstream.request_lines(), ["GET /big HTTP/1.1"]);
+    drop(gw);
+
+    // A smaller budget and a field count.
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &upstream.url()],
+        "[server]\nmax_header_bytes = 16384\nmax_headers = 10\n",
+    );
+    let (out, end) = oversized_exchange(gw.addr, request_with_field(20_000)).await;
+    assert_eq!(
+        status_lines(&out),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{out} {end:?}"
+    );
+    let mut raw = b"GET /many HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n".to_vec();
+    for i in 0..9 {
+        raw.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    let (out, end) = oversized_exchange(gw.addr, raw).await;
+    assert_eq!(
+        status_lines(&out),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{out} {end:?}"
+    );
+    assert_eq!(upstream.request_lines(), ["GET /big HTTP/1.1"]);
+}
+
+/// The value of `SETTINGS_MAX_HEADER_LIST_SIZE` (0x6) in the gateway's
+/// first HTTP/2 SETTINGS frame, read from the wire (the h2 client keeps
+/// the peer's value to itself).
+async fn advertised_max_header_list_size(addr: SocketAddr) -> Option<u32> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(BOUND, s.read_exact(&mut head))
+        .await
+        .expect("SETTINGS in time")
+        .expect("a frame header");
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout(BOUND, s.read_exact(&mut payload))
+        .await
+        .expect("SETTINGS in time")
+        .expect("the SETTINGS payload");
+    payload.chunks_exact(6).find_map(|e| {
+        (u16::from_be_bytes([e[0], e[1]]) == 0x6)
+            .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+    })
+}
+
+#[tokio::test]
+async fn http2_advertises_the_head_budget_and_refuses_heads_over_it() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &upstream.url()],
+        "[server]\nmax_header_bytes = 16384\nmax_headers = 10\n",
+    );
+    assert_eq!(advertised_max_header_list_size(gw.addr).await, Some(16384));
+
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client;
+    let mut send = async |req: http::Request<()>| {
+        client = client.clone().ready().await.unwrap();
+        let (res, _) = client.send_request(req, true).unwrap();
+        tokio::time::timeout(BOUND, res)
+            .await
+            .expect("answered in time")
+            .map(|r| r.status())
+    };
+    // One field of 20 KB: h2 answers 431 for the gateway (over the
+    // advertised list size), and the stack never sees it.
+    let big = "a".repeat(20_000);
+    let status = send(
+        http::Request::get(gw.url("/big"))
+            .header("x-big", big.as_str())
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.unwrap(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // 11 small fields: within the size, over the count, which only the
+    // gateway's own check counts for HTTP/2.
+    let mut req = http::Request::get(gw.url("/many"));
+    for i in 0..11 {
+        req = req.header(format!("x-{i}"), "1");
+    }
+    let status = send(req.body(()).unwrap()).await;
+    assert_eq!(status.unwrap(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Without a Host field (HTTP/2 has `:authority`), within the budget:
+    // forwarded, on the same connection.
+    let status = send(http::Request::get(gw.url("/ok")).body(()).unwrap()).await;
+    assert_eq!(status.unwrap(), StatusCode::OK);
+
+    assert_eq!(upstream.request_lines(), ["GET /ok HTTP/1.1"]);
+    let m = scrape(&gw).await;
+    assert_eq!(metric(&m, "gateway_refused_total", r#"reason="head""#), 1.0);
+    gw.wait_for_line("request head over server.max_headers");
 }

@@ -147,6 +147,15 @@ pub struct ServerConfig {
     /// Longest pause between two pieces of a request body; a client that
     /// stops uploading for longer gets `408` (nginx `client_body_timeout`).
     pub body_timeout: ConfigDuration,
+    /// Largest request head in bytes, 8 KiB..=1 MiB: hyper's HTTP/1 read
+    /// buffer (so also the memory a head may take), the HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, and the gateway's own check of the
+    /// parsed head (`edge.rs`). Over it: `431`, never forwarded. Envoy's
+    /// `max_request_headers_kb` is 60 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request head, 1..=10 000; more is `431`.
+    /// 100 is Envoy's `max_headers_count` and hyper's own HTTP/1 default.
+    pub max_headers: usize,
 }
 
 impl Default for ServerConfig {
@@ -167,9 +176,15 @@ impl Default for ServerConfig {
             http2_keep_alive_timeout: ConfigDuration::from_secs(20),
             max_request_body: 16 * 1024 * 1024,
             body_timeout: ConfigDuration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: DEFAULT_MAX_HEADERS,
         }
     }
 }
+
+/// `server.max_headers` by default: Envoy's `max_headers_count`, and
+/// hyper's HTTP/1 default (which keeps its parser's slots on the stack).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
 
 /// `[upstream]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -434,6 +449,23 @@ impl Config {
             u64::from(s.http2_max_concurrent_streams),
         )?;
         at_least_one("server.max_request_body", s.max_request_body)?;
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB (it
+        // panics), and a head above 1 MiB is an attack, not a request.
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&s.max_header_bytes) {
+            return Err(ConfigError::key(
+                "server.max_header_bytes",
+                format!(
+                    "{} is not within {MIN_HEADER_BYTES}..={MAX_HEADER_BYTES} bytes",
+                    s.max_header_bytes
+                ),
+            ));
+        }
+        if !(1..=MAX_HEADERS).contains(&s.max_headers) {
+            return Err(ConfigError::key(
+                "server.max_headers",
+                format!("{} is not within 1..={MAX_HEADERS}", s.max_headers),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {
             return Err(ConfigError::key(
                 "upstream.retry_budget_ratio",
@@ -481,6 +513,15 @@ impl Config {
 
 /// Most runtime worker threads `server.workers` may ask for.
 const MAX_WORKERS: usize = 1024;
+
+/// Smallest `server.max_header_bytes`: hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// Largest `server.max_header_bytes`.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Most header fields `server.max_headers` may allow.
+const MAX_HEADERS: usize = 10_000;
 
 /// Most idle connections `upstream.pool_max_idle` may keep per upstream.
 const MAX_POOL_IDLE: usize = 1 << 20;

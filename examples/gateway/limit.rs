@@ -41,9 +41,11 @@ pub struct LimitConfig {
     pub min_limit: usize,
     /// The most a limit goes up to.
     pub max_limit: usize,
-    /// Where a limit starts (default 100: permissive, so a burst to a
-    /// healthy upstream is never refused; the limit only comes down in
-    /// windows where it filled and latency rose).
+    /// Where a limit starts (default 256: permissive, so a cold-start burst
+    /// to a healthy upstream is not refused; the limit only comes down in
+    /// windows where it filled and latency rose, and from 256 under 3x or
+    /// 10x overload it has come down, and its backlog drained, within 2 s:
+    /// palisade-limit's simulation tests).
     pub initial_limit: usize,
     /// The `Retry-After` of a refusal (rounded up to whole seconds, never
     /// 0).
@@ -80,7 +82,7 @@ impl Default for LimitConfig {
             algorithm: AlgorithmName::ProbingGradient,
             min_limit: 1,
             max_limit: 1000,
-            initial_limit: 100,
+            initial_limit: 256,
             retry_after: ConfigDuration::from_secs(1),
             global: false,
             deadline_header: None,

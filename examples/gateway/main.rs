@@ -33,6 +33,7 @@ mod cli;
 mod config;
 mod cpu;
 mod duration;
+mod edge;
 mod failover;
 mod headers;
 mod hedge;
@@ -241,6 +242,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let shared = Shared {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes)
             .with_access_log(access_log.as_ref().map(|a| a.sink.clone())),
+        edge: edge::EdgeLayer::new(&config.server),
         in_flight: shed::InFlightLimitLayer::new(config.server.max_in_flight),
         routes: BuiltinRoutesLayer::new(RoutesState {
             routes,

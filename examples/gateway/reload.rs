@@ -166,6 +166,7 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     Ok(Shared {
         config: config.clone(),
         telemetry: base.shared.telemetry.clone(),
+        edge: base.shared.edge.clone(),
         routes: base.shared.routes.clone(),
         upstreams,
         upstream_metrics,

@@ -7,6 +7,8 @@
 //!  client
 //!    │
 //!  1 TelemetryLayer       access log, request count + latency, in-flight
+//!  1a EdgeLayer           CONNECT/TRACE 405, bad Host 400, head over budget
+//!                         431: never forwarded (edge.rs)
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
 //!  2a reload              [reload] admin: POST /admin/reload; then the newest
 //!                         generation of layers 3-9 (hot-swapped, reload.rs)
@@ -33,6 +35,10 @@
 //! Why this order:
 //! - Telemetry is outermost so its numbers are what clients saw: 429s, 503s,
 //!   504s and built-in routes are all counted, with the final status.
+//! - The edge checks right below telemetry (refusals are counted with their
+//!   status) and above everything else: a request the gateway will never
+//!   forward (a CONNECT tunnel, a missing or ambiguous `Host`, an
+//!   oversized head) costs nothing more.
 //! - Built-in routes come before every policy layer: probes and `/metrics`
 //!   must answer while the limiter rejects or the breaker is open, and a
 //!   `/healthz` must not spend a rate-limit token.
@@ -99,6 +105,7 @@ use palisade_core::grpc;
 use crate::batch::ItemsRouteLayer;
 use crate::body::Body;
 use crate::config::Config;
+use crate::edge::EdgeLayer;
 use crate::proxy::{ChooseUpstreamLayer, ErrorChain, Proxy, ProxyError, Upstreams};
 use crate::request_body::ClientBodyError;
 use crate::routes::BuiltinRoutesLayer;
@@ -114,6 +121,8 @@ pub struct Shared {
     pub config: Config,
     /// Layer 1.
     pub telemetry: TelemetryLayer,
+    /// Layer 1a: method, `Host` and head-budget checks (`edge.rs`).
+    pub edge: EdgeLayer,
     /// Layer 2.
     pub routes: BuiltinRoutesLayer,
     /// Layer 3a: its slots are shared by every connection.
@@ -181,6 +190,9 @@ where
     let layers = &shared.config.stack;
     ServiceBuilder::new()
         .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        // Always built, like the error mapping: a safety check, not a
+        // pattern to benchmark alone.
+        .layer(shared.edge.clone())
         .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
         .service(inner)
 }

@@ -11,6 +11,7 @@
 //! | `gateway_requests_in_flight` | gauge | `route` |
 //! | `gateway_upstream_errors_total` | counter | `upstream`, `kind` |
 //! | `gateway_connections_total` | counter | |
+//! | `gateway_refused_total` | counter | `reason` (`edge.rs`) |
 //!
 //! The hot path never formats a label: handles are registered once per
 //! (route, status) and cached in a fixed table.
@@ -93,6 +94,10 @@ pub fn init_metrics() -> PrometheusHandle {
         "Failed upstream exchanges, by upstream and kind (connect, timeout, protocol)."
     );
     metrics::describe_counter!("gateway_connections_total", "Client connections accepted.");
+    metrics::describe_counter!(
+        crate::edge::REFUSED,
+        "Requests refused at the edge and never forwarded, by reason (method, host, head)."
+    );
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -91,12 +91,24 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout.get())
+        // The read buffer bounds the head: hyper answers `431` and closes
+        // when a head does not fit. (It also caps the write buffer: a
+        // streamed body is flushed at this many queued bytes, not ~400 KiB.)
+        .max_buf_size(config.server.max_header_bytes)
         // One flat write buffer per response instead of a writev of head +
         // body chunks: fewer instructions per small response (hyper's queue
         // of buffers), one copy of the body bytes more. docs/benchmarks.md.
         .writev(false);
+    if config.server.max_headers != crate::config::DEFAULT_MAX_HEADERS {
+        // Only when changed: hyper keeps its 100 parser slots on the stack
+        // and moves them to the heap, per request, once this is set.
+        builder.http1().max_headers(config.server.max_headers);
+    }
     builder
         .http2()
+        // Advertised in SETTINGS; h2 answers a larger header list `431`
+        // (its size counts 32 bytes per field besides name and value).
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.server.http2_max_concurrent_streams)
         .keep_alive_interval(config.server.http2_keep_alive_interval.get())

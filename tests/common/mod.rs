@@ -619,3 +619,72 @@ pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+// === a recording upstream ===
+
+/// An HTTP/1.1 upstream that answers every request `200 ok` (keep-alive)
+/// and records each request head it receives, so a test can assert what
+/// the gateway forwarded and what it never did. Bodies are not read: use
+/// it for requests without one.
+#[derive(Debug, Clone)]
+pub struct RecordingUpstream {
+    /// Where it listens (`--upstream http://ADDR`).
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl RecordingUpstream {
+    /// Binds an ephemeral port and serves on the current runtime.
+    pub async fn start() -> RecordingUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the recording upstream");
+        let addr = listener.local_addr().expect("its address");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            recorded.lock().unwrap().push(head);
+                            let res = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                            if s.write_all(res).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        RecordingUpstream { addr, heads }
+    }
+
+    /// `http://ADDR`, for `--upstream`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The request heads received so far (without the final blank line).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The request lines received so far (`GET /x HTTP/1.1`).
+    pub fn request_lines(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+}

@@ -221,3 +221,21 @@ async fn a_low_priority_spike_leaves_high_priority_alone() {
         "high p99 {high_p99:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_permissive_start_is_reined_in_within_two_seconds() {
+    // The gateway starts each limit at 256 so a cold-start burst to a
+    // healthy upstream is not refused; under 3x and 10x from the first
+    // moment, the limit comes down and the backlog it let in drains within
+    // the 2 s before measuring starts.
+    for (factor, seed) in [(3.0, 61), (10.0, 62)] {
+        let algorithm = ProbingGradient::builder()
+            .initial_limit(256)
+            .build()
+            .unwrap();
+        let r = holds_capacity(algorithm, factor, seed).await;
+        assert!(r.goodput() >= 0.95 * CAPACITY, "goodput {:.0}", r.goodput());
+        assert!(r.p99() <= 2 * SERVICE, "p99 {:?}", r.p99());
+        assert_eq!(r.timed_out, 0);
+    }
+}
