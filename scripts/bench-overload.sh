@@ -156,31 +156,24 @@ start_upstream
 measure "nothing (upstream direct)" "$BASE"
 stop "$UPSTREAM_PID"
 
-start_upstream
-start_gateway "" --no-access-log --listen "127.0.0.1:$((BASE + 1))" --upstream "http://127.0.0.1:$BASE"
-PROXY=$LAST_PID
-wait_port "$((BASE + 1))"
-measure "gateway (defaults)" "$((BASE + 1))"
-stop "$PROXY"
-stop "$UPSTREAM_PID"
+# measure_gateway LABEL PORT [FLAGS...]: the gateway with FLAGS in front of
+# a fresh upstream.
+measure_gateway() {
+  local label=$1 port=$2
+  shift 2
+  start_upstream
+  start_gateway "" --no-access-log --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$BASE" "$@"
+  PROXY=$LAST_PID
+  wait_port "$port"
+  measure "$label" "$port"
+  stop "$PROXY"
+  stop "$UPSTREAM_PID"
+}
 
-start_upstream
-start_gateway "" --no-access-log --listen "127.0.0.1:$((BASE + 4))" --upstream "http://127.0.0.1:$BASE" \
-  --config "$WORK/nolimit.toml"
-PROXY=$LAST_PID
-wait_port "$((BASE + 4))"
-measure "gateway, [limit] enabled = false" "$((BASE + 4))"
-stop "$PROXY"
-stop "$UPSTREAM_PID"
-
-start_upstream
-start_gateway "" --no-access-log --listen "127.0.0.1:$((BASE + 2))" --upstream "http://127.0.0.1:$BASE" \
+measure_gateway "gateway (defaults)" "$((BASE + 1))"
+measure_gateway "gateway, [limit] enabled = false" "$((BASE + 4))" --config "$WORK/nolimit.toml"
+measure_gateway "gateway max_in_flight=$MAX_IN_FLIGHT, no adaptive limit" "$((BASE + 2))" \
   --config "$WORK/static.toml"
-PROXY=$LAST_PID
-wait_port "$((BASE + 2))"
-measure "gateway max_in_flight=$MAX_IN_FLIGHT, no adaptive limit" "$((BASE + 2))"
-stop "$PROXY"
-stop "$UPSTREAM_PID"
 
 start_upstream
 start_nginx_fg "$((BASE + 3))"

@@ -345,4 +345,12 @@ async fn adaptive_limits_are_kept_unless_their_section_changes() {
     assert!(line.contains(r#"fresh=["limit.upstream/0"]"#), "{line}");
     wait_line(&gw, "reload applied", 1).await;
     assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    // Validating a reload builds no limiter: /metrics shows the live one only.
+    let m = scrape(&gw).await;
+    let limiters: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("palisade_limit_limit{"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert_eq!(limiters, ["upstream/0"].into_iter().collect(), "{m}");
 }

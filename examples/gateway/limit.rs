@@ -90,10 +90,12 @@ impl Default for LimitConfig {
     }
 }
 
-/// Checks the section by building one limit (the library names the field).
+/// Checks the section (the library's builders name the field). It builds
+/// the algorithm only: a `Limiter` registers its metrics, and a throwaway
+/// one would leave a `limiter="..."` series in `/metrics` on every reload.
 pub fn validate(config: &LimitConfig) -> Result<(), ConfigError> {
     deadline_header(config)?;
-    build(config, "validate").map(drop)
+    algorithm(config).map(drop)
 }
 
 fn deadline_header(config: &LimitConfig) -> Result<Option<HeaderName>, ConfigError> {
@@ -141,10 +143,17 @@ pub fn global_layer(
         .finish(AtCompletion(DropClassifier))
 }
 
-/// A limit for one upstream, or the first invalid key.
-pub fn build(config: &LimitConfig, name: &str) -> Result<Limiter, ConfigError> {
-    let key = |field: &str| format!("limit.{}", field.rsplit('.').next().unwrap_or(field));
-    let err = |e: palisade_core::ConfigError| ConfigError::key(&key(e.field()), e.reason());
+/// A library configuration error as the gateway's, naming the `limit.` key.
+fn key_error(e: palisade_core::ConfigError) -> ConfigError {
+    let field = e.field();
+    ConfigError::key(
+        &format!("limit.{}", field.rsplit('.').next().unwrap_or(field)),
+        e.reason(),
+    )
+}
+
+/// The section's algorithm, or the first invalid key.
+fn algorithm(config: &LimitConfig) -> Result<Box<dyn Algorithm>, ConfigError> {
     macro_rules! algorithm {
         ($t:ty) => {
             <$t>::builder()
@@ -153,21 +162,25 @@ pub fn build(config: &LimitConfig, name: &str) -> Result<Limiter, ConfigError> {
                 .initial_limit(config.initial_limit)
                 .build()
                 .map(|a| Box::new(a) as Box<dyn Algorithm>)
-                .map_err(err)?
+                .map_err(key_error)
         };
     }
-    let algorithm = match config.algorithm {
+    match config.algorithm {
         AlgorithmName::ProbingGradient => algorithm!(ProbingGradient),
         AlgorithmName::Gradient2 => algorithm!(Gradient2),
         AlgorithmName::Vegas => algorithm!(Vegas),
         AlgorithmName::Aimd => algorithm!(Aimd),
-    };
+    }
+}
+
+/// A limit named `name`, or the first invalid key.
+fn build(config: &LimitConfig, name: &str) -> Result<Limiter, ConfigError> {
     Limiter::builder()
         .name(name)
-        .algorithm(algorithm)
+        .algorithm(algorithm(config)?)
         .retry_after(config.retry_after.get())
         .build()
-        .map_err(err)
+        .map_err(key_error)
 }
 
 /// One limit per upstream (`upstreams` names them for the carry-over),
