@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Gateway, metric, scrape};
+use common::{Gateway, metric_with, scrape};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
@@ -125,12 +125,16 @@ async fn at_3x_the_defaults_answer_at_capacity_and_refuse_the_rest_at_once() {
     );
     // The limit learnt a concurrency near the upstream's 8 slots.
     let m = scrape(&gw).await;
-    let limit = metric(&m, "palisade_limit_limit", r#"limiter="upstream/0""#);
+    let limit = metric_with(&m, "palisade_limit_limit", &[("limiter", "upstream/0")]);
     assert!((8.0..=24.0).contains(&limit), "limit {limit}");
-    let refused = metric(
+    let refused = metric_with(
         &m,
         "palisade_limit_rejected_total",
-        r#"limiter="upstream/0",class="",reason="limit""#,
+        &[
+            ("limiter", "upstream/0"),
+            ("class", ""),
+            ("reason", "limit"),
+        ],
     );
     assert!(refused >= counts.refused as f64, "{refused} counted");
 }
@@ -185,10 +189,10 @@ async fn the_global_limit_reads_deadlines_never_starts_a_late_request_and_forwar
     assert_eq!(late.header("retry-after"), "1");
     let m = scrape(&gw).await;
     assert_eq!(
-        metric(
+        metric_with(
             &m,
             "palisade_limit_rejected_total",
-            r#"limiter="global",class="",reason="deadline""#
+            &[("limiter", "global"), ("class", ""), ("reason", "deadline")]
         ),
         1.0
     );

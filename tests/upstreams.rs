@@ -301,6 +301,16 @@ async fn an_idempotent_request_the_upstream_dropped_after_reading_goes_to_anothe
         ),
         2.0
     );
+    // The resetting upstream's adaptive limit counts both as drops: the
+    // retried GET (answered by the other upstream) holds no slot of it.
+    assert_eq!(
+        metric_with(
+            &m,
+            "palisade_limit_rtt_seconds_count",
+            &[("limiter", "upstream/0"), ("outcome", "drop")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]

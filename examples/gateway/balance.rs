@@ -378,6 +378,10 @@ where
                 if let Some(limit) = limit.take() {
                     let outcome = match &result {
                         Err(e) if UpstreamErrorKind::of(&**e).is_none() => Outcome::Ignored,
+                        // Answered by another upstream after this one failed
+                        // it (`failover.rs`), as the breaker counts it: a drop
+                        // here, and no slot held for the other's body.
+                        Ok(response) if response.failed_over() => Outcome::Failure,
                         result => DropClassifier.classify(result),
                     };
                     let limit = match (&mut result, outcome) {
@@ -415,17 +419,30 @@ where
 pub trait HoldSlot {
     /// Takes `permit` along, or gives it back.
     fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit>;
+
+    /// Whether another upstream answered after the chosen one failed.
+    fn failed_over(&self) -> bool;
 }
 
 impl HoldSlot for http::Response<crate::body::Body> {
     fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit> {
         self.body_mut().hold(permit)
     }
+
+    fn failed_over(&self) -> bool {
+        self.extensions()
+            .get::<crate::failover::FailedOver>()
+            .is_some()
+    }
 }
 
 impl HoldSlot for http::Response<hyper::body::Incoming> {
     fn hold(&mut self, permit: palisade::limit::Permit) -> Option<palisade::limit::Permit> {
         Some(permit)
+    }
+
+    fn failed_over(&self) -> bool {
+        false
     }
 }
 
