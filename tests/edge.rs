@@ -847,3 +847,188 @@ async fn http2_advertises_the_head_budget_and_refuses_heads_over_it() {
     assert_eq!(metric(&m, "gateway_refused_total", r#"reason="head""#), 1.0);
     gw.wait_for_line("request head over server.max_headers");
 }
+
+// === the admin surface ===
+
+/// The address of the admin listener, from its start-up line.
+fn admin_addr(gw: &Gateway) -> SocketAddr {
+    let line = gw.wait_for_line("admin surface on http://");
+    let start = line.find("http://").expect("an address") + "http://".len();
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().expect("a socket address")
+}
+
+/// `method path` on `addr` over a raw HTTP/1.1 exchange: the status line
+/// and the body.
+async fn raw_request(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let out = exchange(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+#[tokio::test]
+async fn with_admin_listen_the_admin_routes_leave_the_public_port() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &upstream.url()],
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n[reload]\nadmin = true\n",
+    );
+    let admin = admin_addr(&gw);
+    assert_ne!(admin, gw.addr);
+
+    // The public port: probes served, the admin paths forwarded like any
+    // other path (the upstream answers them).
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            raw_request(gw.addr, "GET", path).await.0,
+            "HTTP/1.1 200 OK",
+            "{path}"
+        );
+    }
+    assert_eq!(
+        raw_request(gw.addr, "GET", "/metrics").await,
+        ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned())
+    );
+    assert_eq!(
+        raw_request(gw.addr, "POST", "/admin/reload").await,
+        ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned())
+    );
+    assert_eq!(
+        upstream.request_lines(),
+        ["GET /metrics HTTP/1.1", "POST /admin/reload HTTP/1.1"]
+    );
+
+    // The admin listener: probes, the gateway's metrics, the reload; 404
+    // for everything else, never forwarded.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            raw_request(admin, "GET", path).await.0,
+            "HTTP/1.1 200 OK",
+            "{path}"
+        );
+    }
+    let (status, metrics) = raw_request(admin, "GET", "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // The two forwarded admin paths were counted as proxied requests.
+    assert_eq!(
+        metric_with(
+            &metrics,
+            "gateway_requests_total",
+            &[("route", "proxy"), ("status", "200")]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        raw_request(admin, "POST", "/admin/reload").await,
+        (
+            "HTTP/1.1 200 OK".to_owned(),
+            "reloaded: version 2\n".to_owned()
+        )
+    );
+    assert_eq!(
+        raw_request(admin, "GET", "/").await.0,
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(upstream.request_lines().len(), 2);
+}
+
+#[tokio::test]
+async fn without_admin_listen_the_public_port_serves_the_admin_routes() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start_with_config(
+        &["--no-access-log", "--upstream", &upstream.url()],
+        "[reload]\nadmin = true\n",
+    );
+    let (status, metrics) = raw_request(gw.addr, "GET", "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(metrics.contains("gateway_requests_in_flight"), "{metrics}");
+    assert_eq!(
+        raw_request(gw.addr, "POST", "/admin/reload").await.0,
+        "HTTP/1.1 200 OK"
+    );
+    assert!(upstream.request_lines().is_empty());
+    assert!(
+        !gw.output().contains("admin surface on"),
+        "no second listener by default"
+    );
+}
+
+#[test]
+fn admin_listen_must_not_be_the_public_address() {
+    let finished = Gateway::expect_exit(
+        &["--listen", "127.0.0.1:18080"],
+        Some("[server]\nadmin_listen = \"127.0.0.1:18080\"\n"),
+    );
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.output);
+    assert!(
+        finished.output.contains("server.admin_listen"),
+        "{}",
+        finished.output
+    );
+    assert!(
+        !finished.output.contains("listening on"),
+        "{}",
+        finished.output
+    );
+}
+
+/// A local address that is not loopback (the one the default route would
+/// use), if this machine has one. The test traffic to it never leaves the
+/// machine.
+fn non_loopback_local_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP connect sends nothing: it only picks the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn demo_fault_writes_are_accepted_from_loopback_only() {
+    // Loopback: reads and writes.
+    let gw = Gateway::start(&["--no-access-log"]);
+    assert_eq!(
+        raw_request(gw.addr, "GET", "/demo/faults").await.0,
+        "HTTP/1.1 200 OK"
+    );
+    let (status, body) = raw_request(gw.addr, "PUT", "/demo/faults?error_rate=0.25").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("0.25"), "{body}");
+    drop(gw);
+
+    // Another local address: the gateway sees a non-loopback peer.
+    let Some(ip) = non_loopback_local_ip() else {
+        eprintln!("no non-loopback local address: the refusal half is not exercised here");
+        return;
+    };
+    let listen = SocketAddr::new(ip, 0).to_string();
+    let gw = Gateway::start(&["--no-access-log", "--listen", &listen]);
+    assert_eq!(gw.addr.ip(), ip);
+    assert_eq!(
+        raw_request(gw.addr, "GET", "/demo/faults").await.0,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        raw_request(gw.addr, "PUT", "/demo/faults?error_rate=1").await,
+        (
+            "HTTP/1.1 403 Forbidden".to_owned(),
+            "loopback only\n".to_owned()
+        )
+    );
+    // Unchanged: every request still succeeds.
+    assert_eq!(raw_request(gw.addr, "GET", "/").await.0, "HTTP/1.1 200 OK");
+    let (_, faults) = raw_request(gw.addr, "GET", "/demo/faults").await;
+    assert!(faults.contains("\"error_rate\":0"), "{faults}");
+}

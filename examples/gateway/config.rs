@@ -156,6 +156,12 @@ pub struct ServerConfig {
     /// Most header fields in a request head, 1..=10 000; more is `431`.
     /// 100 is Envoy's `max_headers_count` and hyper's own HTTP/1 default.
     pub max_headers: usize,
+    /// A second listener for the admin surface: `/metrics`,
+    /// `POST /admin/reload` and the demo controls (`/demo/faults`,
+    /// `/demo/stats`), besides `/healthz` and `/readyz`. When set, the
+    /// public port no longer answers those routes (it forwards their paths
+    /// like any other); unset (the default), the public port serves them.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +184,7 @@ impl Default for ServerConfig {
             body_timeout: ConfigDuration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_headers: DEFAULT_MAX_HEADERS,
+            admin_listen: None,
         }
     }
 }
@@ -464,6 +471,15 @@ impl Config {
             return Err(ConfigError::key(
                 "server.max_headers",
                 format!("{} is not within 1..={MAX_HEADERS}", s.max_headers),
+            ));
+        }
+        if let Some(admin) = s.admin_listen
+            && admin.port() != 0
+            && admin == s.listen
+        {
+            return Err(ConfigError::key(
+                "server.admin_listen",
+                format!("{admin} is server.listen too; the admin surface needs its own address"),
             ));
         }
         if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {

@@ -14,7 +14,8 @@
 //! (forwarding and its errors), `headers.rs` (header rewriting), `pool.rs`
 //! (upstream keep-alive pool), `batch.rs`
 //! (`[batch]`: item lookups coalesced), `routes.rs`
-//! (built-in routes), `reload.rs` (SIGHUP / `POST /admin/reload` hot
+//! (built-in routes), `admin.rs` (the `server.admin_listen` listener),
+//! `edge.rs` (hostile-input checks), `reload.rs` (SIGHUP / `POST /admin/reload` hot
 //! reload), `telemetry.rs` (logs, metrics), `upstream.rs` (the
 //! demo upstream), `body.rs` (the response body type). See
 //! `docs/gateway.md` and `docs/architecture.md`.
@@ -24,6 +25,7 @@
 #![allow(unreachable_pub)]
 
 mod access_log;
+mod admin;
 mod balance;
 mod bare;
 mod batch;
@@ -210,7 +212,17 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
 
     let faults_present = faults.is_some();
     let readiness = Readiness::new();
-    let routes = Routes::new(faults.is_some());
+    // With `server.admin_listen`, the admin routes move to that listener.
+    let admin_listen = config.server.admin_listen.is_some();
+    let routes = Routes::new(faults.is_some(), !admin_listen);
+    let admin_routes = admin_listen.then(|| {
+        BuiltinRoutesLayer::new(RoutesState {
+            routes: Routes::new(faults.is_some(), true),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            faults: faults.clone(),
+        })
+    });
     let request_metrics = Arc::new(RequestMetrics::new());
     // Hook (reload.rs): the final list, the demo upstream included.
     let upstream_uris = upstreams.clone();
@@ -268,7 +280,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let config = &config;
     // Hook (reload.rs): layers 3-9 are hot-swappable under 1-2; every
     // worker serves the same reloadable stack.
-    let stack = reload::start(
+    let (stack, admin_reload) = reload::start(
         cli,
         shared,
         &upstream_uris,
@@ -276,6 +288,11 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
         carry,
         &background,
     )?;
+    // Bound before the public port, so its line comes first.
+    if let (Some(listener), Some(routes)) = (admin::bind(config).await?, admin_routes) {
+        let addr = admin::spawn(listener, config, routes, admin_reload, &backends)?;
+        tracing::info!("admin surface on http://{addr}");
+    }
     let builder = workers::http_builder(config);
     let limits = workers::connection_limits(config);
     let (addr, connections, workers) = match workers::mode(config) {

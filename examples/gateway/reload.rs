@@ -30,7 +30,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -186,7 +185,9 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
 
 /// Serves `shared` (the start-up generation, built from `carry`) through a
 /// reloader, spawns the SIGHUP handler in `background`, and returns the
-/// whole stack: layers 1-2, the admin route, then the newest generation.
+/// whole stack (layers 1-2, the admin route, then the newest generation)
+/// and the admin route for the admin listener. With `server.admin_listen`
+/// set, the route is in the second and the stack's is a pass-through.
 pub fn start(
     cli: Arc<Cli>,
     shared: Shared,
@@ -195,18 +196,22 @@ pub fn start(
     carry: Arc<Carry>,
     background: &Scope,
 ) -> Result<
-    impl Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static,
+    (
+        impl Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+        AdminReloadLayer,
+    ),
     BoxError,
 > {
     let admin = shared.config.reload.admin;
+    let separate = shared.config.server.admin_listen.is_some();
     let initial = Loaded {
         config: shared.config.clone(),
         upstreams: if demo { Vec::new() } else { upstreams.to_vec() },
@@ -237,11 +242,16 @@ pub fn start(
     let admin = AdminReloadLayer {
         trigger: admin.then_some(trigger),
     };
+    let (public, admin) = if separate {
+        (AdminReloadLayer::off(), admin)
+    } else {
+        (admin, AdminReloadLayer::off())
+    };
     // No `ServedBy` extension per request: nothing in the gateway reads it
     // (the version is on the `reload` tracing span), and inserting it
     // allocates once per request.
     let generations = reloader.service().stamp_requests(false);
-    Ok(stack::outer(&base.shared, admin.layer(generations)))
+    Ok((stack::outer(&base.shared, public.layer(generations)), admin))
 }
 
 /// Runs one reload.
@@ -272,8 +282,23 @@ fn spawn_sighup(trigger: Trigger, scope: &Scope) -> std::io::Result<()> {
 /// Answers `POST /admin/reload` (when `[reload] admin` is on, to loopback
 /// peers only); everything else goes to the inner service.
 #[derive(Clone)]
-struct AdminReloadLayer {
+pub struct AdminReloadLayer {
     trigger: Option<Trigger>,
+}
+
+impl AdminReloadLayer {
+    /// A pass-through: the route is served elsewhere, or not at all.
+    pub fn off() -> Self {
+        Self { trigger: None }
+    }
+}
+
+impl std::fmt::Debug for AdminReloadLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminReloadLayer")
+            .field("enabled", &self.trigger.is_some())
+            .finish()
+    }
 }
 
 impl<S> Layer<S> for AdminReloadLayer {
@@ -326,11 +351,7 @@ where
         };
         // Not forwarded: release what the inner poll_ready reserved.
         self.inner = self.inner.clone();
-        let loopback = req
-            .extensions()
-            .get::<SocketAddr>()
-            .is_some_and(|peer| peer.ip().is_loopback());
-        if !loopback {
+        if !crate::routes::from_loopback(&req) {
             return AdminFuture::Local {
                 res: Some(text(StatusCode::FORBIDDEN, "loopback only\n".into())),
             };

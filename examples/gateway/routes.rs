@@ -10,12 +10,17 @@
 //!   (only when the demo upstream runs inside the gateway): `GET` shows it
 //!   as JSON, `PUT`/`POST` with
 //!   `?error_rate=0.5&latency_ms=100&slots=16&service_time=20ms` (any of
-//!   them) changes it.
+//!   them) changes it, from a loopback peer only (`403` otherwise).
 //! - `/demo/stats`: the demo upstream's counters as JSON (`/items` calls;
 //!   requests served, queued and in service).
 //!
-//! Both are the demo upstream's own control routes (`upstream.rs`),
-//! answered here so they skip the policy layers.
+//! Both demo routes are the demo upstream's own control routes
+//! (`upstream.rs`), answered here so they skip the policy layers.
+//!
+//! `/metrics` and the demo routes are the admin surface: with
+//! `server.admin_listen` set they are served on that listener only
+//! (`admin.rs`), and the public port forwards those paths like any other.
+//! `/healthz` and `/readyz` are served on both.
 //!
 //! Everything else goes down the stack to the proxy.
 
@@ -80,13 +85,16 @@ impl Route {
 #[derive(Debug, Clone, Copy)]
 pub struct Routes {
     demo: bool,
+    admin: bool,
 }
 
 impl Routes {
-    /// `demo`: whether `/demo/faults` is a built-in route (the demo upstream
-    /// runs) or is forwarded like any path.
-    pub fn new(demo: bool) -> Self {
-        Self { demo }
+    /// `demo`: whether the `/demo/*` routes are built in (the demo upstream
+    /// runs) or are forwarded like any path. `admin`: whether this listener
+    /// serves the admin surface (`/metrics`, `/demo/*`); without it those
+    /// paths are forwarded too.
+    pub fn new(demo: bool, admin: bool) -> Self {
+        Self { demo, admin }
     }
 
     /// The route of `path`.
@@ -94,12 +102,22 @@ impl Routes {
         match path {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            "/demo/faults" if self.demo => Route::DemoFaults,
-            "/demo/stats" if self.demo => Route::DemoStats,
+            "/metrics" if self.admin => Route::Metrics,
+            "/demo/faults" if self.admin && self.demo => Route::DemoFaults,
+            "/demo/stats" if self.admin && self.demo => Route::DemoStats,
             _ => Route::Proxy,
         }
     }
+}
+
+/// Whether `req` came from a loopback peer (the `SocketAddr` extension the
+/// connection service attaches). An IPv4 client of a dual-stack listener
+/// (`::ffff:127.0.0.1`) is loopback too. A request without a peer address
+/// is not: an operator-only route fails closed.
+pub fn from_loopback<B>(req: &Request<B>) -> bool {
+    req.extensions()
+        .get::<std::net::SocketAddr>()
+        .is_some_and(|peer| peer.ip().to_canonical().is_loopback())
 }
 
 /// The readiness flag behind `/readyz`. Clones share it; draining clears it

@@ -10,6 +10,7 @@
 //!  1a EdgeLayer           CONNECT/TRACE 405, bad Host 400, head over budget
 //!                         431: never forwarded (edge.rs)
 //!  2 BuiltinRoutesLayer   /healthz /readyz /metrics /demo/faults answered here
+//!                         (the admin ones on server.admin_listen if set)
 //!  2a reload              [reload] admin: POST /admin/reload; then the newest
 //!                         generation of layers 3-9 (hot-swapped, reload.rs)
 //!  3 ErrorResponseLayer   any error below becomes a short HTTP response

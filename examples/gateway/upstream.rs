@@ -226,9 +226,9 @@ pub async fn serve(
     });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "demo upstream accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -239,7 +239,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let svc = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
+        // The peer, for the loopback check of `/demo/faults` writes.
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(peer);
+            handle(req, ctx.clone())
+        });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
@@ -331,11 +335,15 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>,
 
 /// `/demo/faults`: `GET`/`HEAD` shows the faults as JSON; `PUT`/`POST`
 /// with `?error_rate=0.5&latency_ms=100&slots=16&service_time=20ms` (any of
-/// them) changes them and shows the result. Answered by the demo upstream
+/// them) changes them and shows the result, for a loopback peer only
+/// (`403` otherwise, like `/admin/reload`). Answered by the demo upstream
 /// and, when it runs inside the gateway, by the gateway (`routes.rs`).
 pub fn faults_route<B>(faults: &Faults, req: &Request<B>) -> Response<Body> {
     match *req.method() {
         Method::GET | Method::HEAD => {}
+        Method::PUT | Method::POST if !crate::routes::from_loopback(req) => {
+            return text(StatusCode::FORBIDDEN, "loopback only\n");
+        }
         Method::PUT | Method::POST => {
             let mut error_rate = None;
             let mut latency = None;
