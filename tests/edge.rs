@@ -738,6 +738,15 @@ async fn a_head_over_the_budget_is_431_and_never_forwarded() {
         matches!(end, None | Some(std::io::ErrorKind::ConnectionReset)),
         "{end:?}"
     );
+    // hyper's own refusal is counted by kind, and logged once.
+    wait_for_metric(
+        &gw,
+        "palisade_server_connection_errors_total",
+        r#"kind="head_too_large""#,
+        1.0,
+    )
+    .await;
+    gw.wait_for_line("a request head did not fit the HTTP/1 read buffer");
     // Under the budget: forwarded.
     let (out, _) = oversized_exchange(gw.addr, request_with_field(60_000)).await;
     assert_eq!(status_lines(&out), ["HTTP/1.1 200 OK"], "{out}");

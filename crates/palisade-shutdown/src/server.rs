@@ -12,6 +12,7 @@
 //! | `palisade_server_accept_paused_total` | counter | | times accepting paused at `max_connections` |
 //! | `palisade_server_accept_errors_total` | counter | | accept errors that are the listener's (e.g. `EMFILE`), each followed by a 50 ms pause |
 //! | `palisade_server_connections_timed_out_total` | counter | `reason` = `first_bytes`/`idle` | connections closed by a [`ConnectionLimits`] timer |
+//! | `palisade_server_connection_errors_total` | counter | `kind` = `head_too_large`/`malformed`/`header_timeout`/`incomplete`/`other` | connections hyper ended with an error: a request head over the HTTP/1 read buffer (hyper answered `431`), a malformed request (`400`), a head not complete in `header_read_timeout` (`408`), a client gone mid-message, anything else (an HTTP/2 protocol error, an I/O error) |
 
 use std::fmt;
 use std::future::Future;
@@ -88,6 +89,50 @@ pub mod metric_names {
     /// Counter, label `reason` (`first_bytes`/`idle`): connections closed
     /// by a [`ConnectionLimits`](super::ConnectionLimits) timer.
     pub const TIMED_OUT: &str = "palisade_server_connections_timed_out_total";
+    /// Counter, label `kind`: connections hyper ended with an error (see
+    /// the module docs for the kinds). hyper answers the client itself
+    /// (`431`, `400`, `408`) before the service sees a request, so this is
+    /// the only record of those refusals.
+    pub const CONNECTION_ERRORS: &str = "palisade_server_connection_errors_total";
+}
+
+/// The `kind` label of [`metric_names::CONNECTION_ERRORS`].
+fn connection_error_kind(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return "other";
+    };
+    if error.is_parse_too_large() {
+        "head_too_large"
+    } else if error.is_parse() {
+        "malformed"
+    } else if error.is_timeout() {
+        "header_timeout"
+    } else if error.is_incomplete_message() {
+        "incomplete"
+    } else {
+        "other"
+    }
+}
+
+/// Counts a connection error and logs it: at INFO the first time a head is
+/// refused for its size (an operator may need a larger read buffer), at
+/// DEBUG otherwise (a client can cause any number of these).
+fn record_connection_error(error: &(dyn std::error::Error + 'static), peer: SocketAddr) {
+    static FIRST_TOO_LARGE: std::sync::Once = std::sync::Once::new();
+    let kind = connection_error_kind(error);
+    metrics::counter!(metric_names::CONNECTION_ERRORS, "kind" => kind).increment(1);
+    if kind == "head_too_large" {
+        FIRST_TOO_LARGE.call_once(|| {
+            tracing::info!(
+                %error,
+                %peer,
+                "a request head did not fit the HTTP/1 read buffer: answered 431 by hyper \
+                 (counted in palisade_server_connection_errors_total{{kind=\"head_too_large\"}}; \
+                 further ones are logged at DEBUG)"
+            );
+        });
+    }
+    tracing::debug!(%error, %peer, kind, "connection ended with an error");
 }
 
 /// Bounds on client connections; every bound is off by default.
@@ -457,7 +502,7 @@ async fn serve<H, B>(
             biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
-                    tracing::debug!(error = %error, %peer, "connection ended with an error");
+                    record_connection_error(&*error, peer);
                 }
                 if draining {
                     shared.graceful.fetch_add(1, Ordering::Relaxed);
