@@ -75,7 +75,7 @@ pub fn spawn(
     let server = Server::from_fn(listener, move |peer| {
         ConnectionService::new(service.clone(), peer)
     })
-    .with_builder(crate::workers::http_builder(config))
+    .with_http(crate::workers::http_builder(config))
     .with_limits(limits);
     let handle = server.handle();
     let token = scope.token();

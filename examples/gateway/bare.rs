@@ -61,7 +61,7 @@ pub async fn run(config: Config) -> Result<u8, BoxError> {
                 metrics.connection_accepted();
                 ConnectionService::new(forward.clone(), peer)
             })
-            .with_builder(builder);
+            .with_http(builder);
             let handles = vec![server.handle()];
             tokio::spawn(server.run());
             (addr, handles, None)

@@ -308,7 +308,7 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
                 request_metrics.connection_accepted();
                 ConnectionService::new(stack.clone(), peer)
             })
-            .with_builder(builder)
+            .with_http(builder)
             .with_limits(limits);
             let connections = vec![server.handle()];
             tokio::spawn(server.run());

@@ -34,9 +34,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use palisade_shutdown::server::{ConnectionLimits, Server, ServerHandle};
+use palisade_shutdown::server::{ConnectionLimits, Http, Server, ServerHandle};
 use palisade_shutdown::{Drain, Phase};
 use serde::Deserialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -85,11 +83,9 @@ pub fn mode(config: &Config) -> RuntimeMode {
 }
 
 /// The HTTP/1 + HTTP/2 connection builder every serving mode uses.
-pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+pub fn http_builder(config: &Config) -> Http {
+    let mut http = Http::new();
+    http.http1()
         .header_read_timeout(config.server.header_read_timeout.get())
         // The read buffer bounds the head: hyper answers `431` and closes
         // when a head does not fit. (It also caps the write buffer: a
@@ -102,21 +98,20 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     if config.server.max_headers != crate::config::DEFAULT_MAX_HEADERS {
         // Only when changed: hyper keeps its 100 parser slots on the stack
         // and moves them to the heap, per request, once this is set.
-        builder.http1().max_headers(config.server.max_headers);
+        http.http1().max_headers(config.server.max_headers);
     }
-    builder
-        .http2()
+    if !config.server.http2 {
+        return http.http1_only();
+    }
+    if let Some(h2) = http.http2() {
         // Advertised in SETTINGS; h2 answers a larger header list `431`
         // (its size counts 32 bytes per field besides name and value).
-        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.server.http2_max_concurrent_streams)
-        .keep_alive_interval(config.server.http2_keep_alive_interval.get())
-        .keep_alive_timeout(config.server.http2_keep_alive_timeout.get());
-    if !config.server.http2 {
-        builder = builder.http1_only();
+        h2.max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+            .keep_alive_interval(config.server.http2_keep_alive_interval.get())
+            .keep_alive_timeout(config.server.http2_keep_alive_timeout.get());
     }
-    builder
+    http
 }
 
 /// The connection bounds from `[server]` (palisade-shutdown's `Server`).
@@ -169,7 +164,7 @@ impl Workers {
     pub fn start<S>(
         listen: SocketAddr,
         stacks: Vec<S>,
-        builder: &auto::Builder<TokioExecutor>,
+        builder: &Http,
         limits: ConnectionLimits,
         metrics: &Arc<RequestMetrics>,
     ) -> io::Result<Self>
@@ -227,7 +222,7 @@ impl Workers {
                             accepted.increment(1);
                             ConnectionService::new(stack.clone(), peer)
                         })
-                        .with_builder(builder)
+                        .with_http(builder)
                         .with_limits(limits);
                         let _ = tx.send(Ok(server.handle()));
                         tokio::spawn(server.run());

@@ -17,8 +17,9 @@
 //!   ends), refuse new ones once draining ([`Draining`], or
 //!   `503` + `Retry-After` + `Connection: close`), exempt health checks, and
 //!   hand each request a [`DrainToken`] to watch.
-//! - `server::Server` (feature `hyper`): accepts HTTP/1 and HTTP/2 with
-//!   hyper-util's auto builder and drains connections: idle keep-alive ones
+//! - `server::Server` (feature `hyper`): accepts HTTP/1 and HTTP/2 (told
+//!   apart by peeking, so hyper's read buffer is sized once) and drains
+//!   connections: idle keep-alive ones
 //!   close at once, busy ones get `Connection: close` or GOAWAY, the rest is
 //!   force-closed at the deadline.
 //!

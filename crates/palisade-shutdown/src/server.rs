@@ -1,5 +1,5 @@
-//! Serving helper (feature `hyper`): accept with hyper-util's auto builder
-//! (HTTP/1 and HTTP/2), bound the edge ([`ConnectionLimits`]: a connection
+//! Serving helper (feature `hyper`): accept, tell HTTP/1 from HTTP/2 by
+//! peeking at the first bytes ([`Http`]), bound the edge ([`ConnectionLimits`]: a connection
 //! cap, a first-bytes timeout, an idle timeout) and drain connections on
 //! shutdown.
 //!
@@ -27,8 +27,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
@@ -73,11 +71,15 @@ use crate::metric_names as metric_names_drain;
 pub struct Server<M> {
     listener: TcpListener,
     make: M,
-    builder: auto::Builder<TokioExecutor>,
+    http: Arc<Http>,
     limits: ConnectionLimits,
     shared: Arc<Shared>,
     closed: ClosedOnDrop,
 }
+
+mod protocol;
+
+pub use protocol::Http;
 
 /// Metric names of the edge bounds (see the module docs).
 pub mod metric_names {
@@ -142,9 +144,10 @@ fn record_connection_error(error: &(dyn std::error::Error + 'static), peer: Sock
 ///   kernel once it is full) and resumes as soon as one closes. Each pause is
 ///   counted.
 /// - `first_bytes_timeout`: a connection that has not sent a byte in time is
-///   closed. hyper-util's HTTP/1-or-HTTP/2 detection reads with no timer of
-///   its own, and HTTP/1's `header_read_timeout` only covers a request head
-///   once it has begun, so without this a silent socket is held forever.
+///   closed. The HTTP/1-or-HTTP/2 detection waits for the first bytes with
+///   no timer of its own, and HTTP/1's `header_read_timeout` only covers a
+///   request head once it has begun, so without this a silent socket is
+///   held forever.
 /// - `idle_timeout`: a connection with no request in flight and none started
 ///   for this long is shut down gracefully (HTTP/1 closes when idle, HTTP/2
 ///   gets a GOAWAY). Checked once per period, so a connection goes between
@@ -283,7 +286,7 @@ impl<S: Clone> MakeConnectionService for PerConnection<S> {
 
 impl<S> Server<PerConnection<S>> {
     /// A server for `service` (a tower service, cloned per connection) on
-    /// `listener`, with hyper-util's auto builder defaults.
+    /// `listener`, with [`Http::new`]'s defaults (HTTP/1 and HTTP/2).
     pub fn new(listener: TcpListener, service: S) -> Self {
         Server::from_fn(listener, PerConnection(service))
     }
@@ -298,7 +301,7 @@ impl<M> Server<M> {
         Self {
             listener,
             make,
-            builder: auto::Builder::new(TokioExecutor::new()),
+            http: Arc::new(Http::new()),
             limits: ConnectionLimits::default(),
             shared: Arc::new(Shared {
                 stop: CancellationToken::new(),
@@ -316,14 +319,16 @@ impl<M> Server<M> {
         }
     }
 
-    /// The hyper-util builder, to tune HTTP/1 and HTTP/2 settings.
-    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
-        &mut self.builder
+    /// The protocols and hyper's settings for each, to tune them.
+    pub fn http_mut(&mut self) -> &mut Http {
+        Arc::make_mut(&mut self.http)
     }
 
-    /// Replaces the hyper-util builder (e.g. one made `http1_only()`).
-    pub fn with_builder(mut self, builder: auto::Builder<TokioExecutor>) -> Self {
-        self.builder = builder;
+    /// Replaces the protocols and their settings (e.g.
+    /// [`Http::http1_only`]). Every connection shares them (not a copy per
+    /// connection).
+    pub fn with_http(mut self, http: Http) -> Self {
+        self.http = Arc::new(http);
         self
     }
 
@@ -367,7 +372,7 @@ where
         let Server {
             listener,
             mut make,
-            builder,
+            http,
             limits,
             shared,
             closed,
@@ -404,14 +409,14 @@ where
             shared.accepted.fetch_add(1, Ordering::Relaxed);
             shared.open.fetch_add(1, Ordering::AcqRel);
             let open = OpenGuard(shared.clone());
-            let builder = builder.clone();
+            let http = http.clone();
             let service = make.make(peer);
             // Named for tokio-console under `--cfg tokio_unstable`.
             palisade_core::task::spawn_named(
                 "palisade-shutdown connection",
                 shared
                     .conns
-                    .track_future(serve(stream, peer, builder, service, limits, open)),
+                    .track_future(serve(stream, peer, http, service, limits, open)),
             );
         }
         drop(listener);
@@ -442,22 +447,32 @@ async fn wait_below_cap(shared: &Shared, max: usize) -> bool {
     true
 }
 
-/// Waits for the connection's first byte; `false` if it did not come in
-/// time (or the peer closed first, or the server is being forced).
-async fn first_bytes(stream: &TcpStream, timeout: Duration, shared: &Shared) -> bool {
-    let mut byte = [0u8; 1];
+/// Waits for the connection's first bytes and tells the protocol from
+/// them (`Some(true)`: HTTP/2); `None` if they did not come in time (or the
+/// peer closed first, or the server is draining).
+async fn first_bytes(
+    stream: &TcpStream,
+    timeout: Option<Duration>,
+    shared: &Shared,
+) -> Option<bool> {
+    let detect = async {
+        match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, protocol::detect(stream))
+                .await
+                .unwrap_or_else(|_| {
+                    metrics::counter!(metric_names::TIMED_OUT, "reason" => "first_bytes")
+                        .increment(1);
+                    Ok(None)
+                }),
+            None => protocol::detect(stream).await,
+        }
+    };
     tokio::select! {
         biased;
-        () = shared.force.cancelled() => false,
-        // Peeking leaves the byte for hyper's own detection read.
-        peeked = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match peeked {
-            Ok(Ok(n)) => n > 0,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                metrics::counter!(metric_names::TIMED_OUT, "reason" => "first_bytes").increment(1);
-                false
-            }
-        },
+        // A connection that has not begun a request has nothing to finish.
+        () = shared.drain.cancelled() => None,
+        () = shared.force.cancelled() => None,
+        detected = detect => detected.ok().flatten(),
     }
 }
 
@@ -466,7 +481,7 @@ async fn first_bytes(stream: &TcpStream, timeout: Duration, shared: &Shared) -> 
 async fn serve<H, B>(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: auto::Builder<TokioExecutor>,
+    http: Arc<Http>,
     service: H,
     limits: ConnectionLimits,
     open: OpenGuard,
@@ -479,18 +494,24 @@ async fn serve<H, B>(
     B::Error: Into<BoxError>,
 {
     let shared = open.0.clone();
-    if let Some(timeout) = limits.first_bytes_timeout
-        && !first_bytes(&stream, timeout, &shared).await
-    {
-        tracing::debug!(%peer, "no first bytes in time, connection closed");
+    // Peeked, not read: hyper's first read takes the whole request head.
+    let Some(h2) = first_bytes(&stream, limits.first_bytes_timeout, &shared).await else {
+        if shared.drain.is_cancelled() && !shared.force.is_cancelled() {
+            // Open at the drain, closed before it had begun a request.
+            shared.graceful.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(metric_names_drain::CONNECTIONS_CLOSED, "how" => "graceful")
+                .increment(1);
+        }
+        tracing::debug!(%peer, "no first bytes (in time), connection closed");
         return;
-    }
+    };
     let activity = Arc::new(Activity::default());
     let service = Tracked {
         inner: service,
         activity: activity.clone(),
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = http.serve(stream, h2, service);
+    drop(http);
     let mut conn = pin!(conn);
     let mut draining = false;
     let idle_period = limits.idle_timeout.unwrap_or(Duration::MAX);
@@ -502,7 +523,7 @@ async fn serve<H, B>(
             biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
-                    record_connection_error(&*error, peer);
+                    record_connection_error(&error, peer);
                 }
                 if draining {
                     shared.graceful.fetch_add(1, Ordering::Relaxed);
