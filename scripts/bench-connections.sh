@@ -67,21 +67,21 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill -9 "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  pkill -9 -f "$WORK/nginx.conf" 2>/dev/null || true
+  # nginx's master stops its workers on TERM (a KILLed master would leave
+  # them serving); the workers are killed too if it does not.
+  if [ -n "${NGINX_MASTER:-}" ]; then
+    local workers
+    workers=$(pgrep -P "$NGINX_MASTER" || true)
+    kill -TERM "$NGINX_MASTER" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$NGINX_MASTER" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$NGINX_MASTER" $workers 2>/dev/null || true
+  fi
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+. scripts/lib-port.sh
 
 # The upstream both proxies forward to: the demo upstream, its own process.
 RUST_LOG=warn "$GATEWAY" --demo-upstream-only --listen "127.0.0.1:$UP" &
@@ -132,7 +132,6 @@ http {
   scgi_temp_path $WORK/ng;
   keepalive_timeout 300s;
   keepalive_requests 100000;
-  http2_idle_timeout 300s;
   proxy_read_timeout 300s;
   upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server {
@@ -147,7 +146,7 @@ http {
   }
 }
 CONF
-  "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/ng" 2>/dev/null
+  "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/ng"
   wait_port "$NG"
   NGINX_MASTER=$(cat "$WORK/nginx.pid")
   SERVER_PIDS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
@@ -162,8 +161,6 @@ pid_args() { for p in $SERVER_PIDS; do printf -- '--pid %s ' "$p"; done; }
 fds() { local n=0; for p in $SERVER_PIDS; do n=$((n + $(ls "/proc/$p/fd" | wc -l))); done; echo $n; }
 # json KEY LINE: a number from connhold's JSON line.
 json() { sed -n "s/.*\"$1\":\\([-0-9.eNa]*\\).*/\\1/p" <<<"$2"; }
-# after_close LINE: the RSS readings after closing, "1s: K KiB, ...".
-after_close() { sed -n 's/.*"rss_after_close_kib":\[\(.*\)\].*/\1/p' <<<"$1" | sed 's/\],\[/ /g; s/[][]//g' | awk '{for(i=1;i<=NF;i++){split($i,a,","); printf "%s%ss: %.1f MiB", (i>1?", ":""), a[1], a[2]/1024}}'; }
 
 IDLE_ROWS=()
 H2_ROWS=()
@@ -179,22 +176,33 @@ measure() {
   # 10 s), so "before" is the warm baseline.
   "$CONNHOLD" --addr "127.0.0.1:$port" --connections 1000 --after-close 20 $(pid_args) >/dev/null
   line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$IDLE" $(pid_args) \
-    --probe /healthz --probe /items/1 --after-close 1,5,15,25)
-  local before held
+    --probe /healthz --probe /items/1 --after-close 1,5,15,30)
+  local before held after1 after2
   before=$(json rss_before_kib "$line")
   held=$(json rss_held_kib "$line")
-  local last
-  last=$(sed -n 's/.*\[25,\([0-9]*\)\].*/\1/p' <<<"$line")
-  IDLE_ROWS+=("| $name | $(json connections "$line") | $(json errors "$line") | $(json open_per_s "$line") | $(awk -v b="$before" -v h="$held" 'BEGIN{printf "%.1f → %.1f", b/1024, h/1024}') | **$(awk -v x="$(json bytes_per_connection "$line")" 'BEGIN{printf "%.1f", x/1024}') KB** | $(sed -n 's/.*"probe_healthz":{"p50_ms":[0-9.]*,"p99_ms":\([0-9.]*\).*/\1/p' <<<"$line") | $(sed -n 's/.*"probe_items_1":{"p50_ms":[0-9.]*,"p99_ms":\([0-9.]*\).*/\1/p' <<<"$line") | $(after_close "$line") | $(awk -v b="$before" -v l="$last" 'BEGIN{printf "%+.0f%%", (l-b)*100/b}') |")
+  after1=$(sed -n 's/.*\[30,\([0-9]*\)\].*/\1/p' <<<"$line")
+  local per p99h p99p opened errs conns
+  per=$(json bytes_per_connection "$line")
+  p99h=$(sed -n 's/.*"probe_healthz":{"p50_ms":[0-9.]*,"p99_ms":\([0-9.]*\).*/\1/p' <<<"$line")
+  p99p=$(sed -n 's/.*"probe_items_1":{"p50_ms":[0-9.]*,"p99_ms":\([0-9.]*\).*/\1/p' <<<"$line")
+  opened=$(json open_per_s "$line")
+  errs=$(json errors "$line")
+  conns=$(json connections "$line")
+  # A second round: what a first round leaves behind (allocator metadata
+  # sized by the peak) must not grow round after round.
+  line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$IDLE" $(pid_args) --after-close 30)
+  after2=$(sed -n 's/.*\[30,\([0-9]*\)\].*/\1/p' <<<"$line")
+  IDLE_ROWS+=("| $name | $conns | $errs | $opened | $(awk -v b="$before" -v h="$held" 'BEGIN{printf "%.1f → %.1f", b/1024, h/1024}') | **$(awk -v x="$per" 'BEGIN{printf "%.1f", x/1024}') KB** | $p99h | $p99p | $(awk -v b="$before" -v a="$after1" 'BEGIN{printf "%.1f (%+.0f%%)", a/1024, (a-b)*100/b}') | $(awk -v a1="$after1" -v a2="$after2" 'BEGIN{printf "%.1f (%+.0f%%)", a2/1024, (a2-a1)*100/a1}') |")
 
-  line=$("$CONNHOLD" --addr "127.0.0.1:$h2port" --connections "$H2" --h2 $(pid_args) --after-close 1)
+  # Each step waits after closing until freed pages are handed back, so
+  # the next step's "before" is not memory about to be reused.
+  line=$("$CONNHOLD" --addr "127.0.0.1:$h2port" --connections "$H2" --h2 $(pid_args) --after-close 20)
   H2_ROWS+=("| $name | $(json connections "$line") | $(json errors "$line") | **$(awk -v x="$(json bytes_per_connection "$line")" 'BEGIN{printf "%.1f", x/1024}') KB** |")
 
   line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$IN_FLIGHT" --in-flight \
-    --path /delay/60000 $(pid_args) --hold 3s --after-close 1 --timeout 90s)
+    --path /delay/60000 $(pid_args) --hold 3s --after-close 20 --timeout 90s)
   FLIGHT_ROWS+=("| $name | $(json connections "$line") | $(json errors "$line") | **$(awk -v x="$(json bytes_per_connection "$line")" 'BEGIN{printf "%.1f", x/1024}') KB** |")
 
-  sleep 2
   local fd0 fd1
   fd0=$(fds)
   line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$STORM" --storm --timeout 60s)
@@ -203,10 +211,12 @@ measure() {
   STORM_ROWS+=("| $name | $STORM | $(json ok "$line") | $(json refused "$line") | $(json failed_otherwise "$line") | $(json seconds "$line") s | $fd0 → $fd1 |")
 }
 
-# drain NAME PORT SIGNAL: hold IDLE connections, signal, time the drain.
+# drain NAME PORT SIGNAL PID: hold IDLE connections, signal PID (nginx's
+# master, not a worker), time the drain.
+# Both get TERM, what a service manager sends.
 drain() {
-  local name=$1 port=$2 sig=$3 line
-  line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$IDLE" $(pid_args) \
+  local name=$1 port=$2 sig=$3 pid=$4 line
+  line=$("$CONNHOLD" --addr "127.0.0.1:$port" --connections "$IDLE" --pid "$pid" \
     --sigterm --signal "$sig" --timeout 60s)
   DRAIN_ROWS+=("| $name | $(json connections "$line") | SIG$sig | $(json sigterm_all_closed_s "$line") s | $(json sigterm_exited_s "$line") s |")
 }
@@ -223,7 +233,7 @@ start_gateway thread-per-core "$POOL"
 measure "gateway (defaults, thread-per-core)" "$GW" "$GW"
 stop_gateway
 start_gateway thread-per-core "$POOL"
-drain "gateway (defaults, thread-per-core)" "$GW" TERM
+drain "gateway (defaults, thread-per-core)" "$GW" TERM "$SERVER_PIDS"
 wait "$SERVER_PIDS" 2>/dev/null || true
 
 start_gateway multi-thread "$POOL"
@@ -232,7 +242,7 @@ stop_gateway
 
 start_nginx
 measure "nginx $NGINX_VERSION (2 workers)" "$NG" "$NG2"
-drain "nginx $NGINX_VERSION (2 workers)" "$NG" QUIT
+drain "nginx $NGINX_VERSION (2 workers)" "$NG" TERM "$NGINX_MASTER"
 NGINX_MASTER_PID=$NGINX_MASTER
 for _ in $(seq 1 100); do kill -0 "$NGINX_MASTER_PID" 2>/dev/null || break; sleep 0.05; done
 
@@ -240,8 +250,8 @@ echo
 [ -n "$capped" ] && echo "**Counts lowered to fit:** $capped." && echo
 echo "Idle HTTP/1.1 keep-alive connections (one request each, then silence); RSS of the server processes:"
 echo
-echo "| server | connections | errors | opened/s | RSS MiB before → held | per connection | /healthz p99 ms | proxied p99 ms | RSS after close | last vs before |"
-echo "|---|---:|---:|---:|---|---:|---:|---:|---|---:|"
+echo "| server | connections | errors | opened/s | RSS MiB before → held | per connection | /healthz p99 ms | proxied p99 ms | RSS MiB 30 s after close (vs before) | after a 2nd round (vs 1st) |"
+echo "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
 printf '%s\n' "${IDLE_ROWS[@]}"
 echo
 echo "Idle HTTP/2 (prior knowledge) connections, one request each:"

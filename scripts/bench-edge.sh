@@ -29,13 +29,7 @@ command -v wrk >/dev/null || { echo "wrk is required" >&2; exit 2; }
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; exit 1
-}
+. "$(dirname "$0")/lib-port.sh"
 ticks() { local rest; rest=$(sed 's/.*) //' "/proc/$1/stat"); set -- $rest; echo $((${12} + ${13})); }
 HZ=$(getconf CLK_TCK)
 

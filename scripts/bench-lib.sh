@@ -41,14 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+. scripts/lib-port.sh
 
 # CPU ticks of a set of pids (all their threads): "utime stime", summed.
 ticks() {

@@ -46,14 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+. scripts/lib-port.sh
 
 # --- the demo upstream, shared by both proxies ---
 RUST_LOG=warn "$GATEWAY" --demo-upstream-only --no-access-log --workers 1 \
