@@ -21,8 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use hostile::End;
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -42,56 +41,6 @@ struct Cli {
     timeout: f64,
 }
 
-/// How an exchange ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Closed,
-    Reset,
-    Timeout,
-}
-
-impl End {
-    fn as_str(self) -> &'static str {
-        match self {
-            End::Closed => "closed",
-            End::Reset => "reset",
-            End::Timeout => "timeout",
-        }
-    }
-}
-
-/// Writes `raw` on a new connection while reading until the server closes
-/// it or `bound` passes; a write cut short by the server is expected.
-async fn exchange(
-    addr: SocketAddr,
-    raw: Vec<u8>,
-    bound: Duration,
-) -> std::io::Result<(Vec<u8>, End)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&raw).await;
-        // Not shut down: some servers read an end of stream as the client
-        // leaving and drop the answer.
-        wr
-    });
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let end = tokio::time::timeout(bound, async {
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) => return End::Closed,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(_) => return End::Reset,
-            }
-        }
-    })
-    .await
-    .unwrap_or(End::Timeout);
-    writer.abort();
-    Ok((out, end))
-}
-
 /// The table cell: every status line, or how it ended without one.
 fn cell(statuses: &[String], end: End) -> String {
     if statuses.is_empty() {
@@ -109,7 +58,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     for case in hostile::cases() {
-        let (out, end) = match exchange(cli.addr, case.raw, bound).await {
+        let (out, end) = match hostile::exchange(cli.addr, case.raw, bound).await {
             Ok(done) => done,
             Err(e) => {
                 eprintln!("connect to {}: {e}", cli.addr);

@@ -330,44 +330,11 @@ fn problem(mut received: Received, why: &str) -> Received {
 
 // === a raw client ===
 
-/// How an exchange ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The server closed the connection (end of stream).
-    Closed,
-    /// The connection was reset.
-    Reset,
-    /// Neither within the bound.
-    TimedOut,
-}
+use hostile::End;
 
-/// Writes `raw` on a new connection while reading until the server closes
-/// it, at most `bound`. A write cut short by the server's close is
-/// expected (a head over the budget is refused before it is all sent).
+/// [`hostile::exchange`]; a failed connect fails the test.
 async fn exchange(addr: SocketAddr, raw: Vec<u8>, bound: Duration) -> (Vec<u8>, End) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&raw).await;
-        // Kept open (no half-close): the gateway reads an end of stream as
-        // the client leaving, not as the end of its requests.
-        wr
-    });
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let end = tokio::time::timeout(bound, async {
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) => return End::Closed,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(_) => return End::Reset,
-            }
-        }
-    })
-    .await
-    .unwrap_or(End::TimedOut);
-    writer.abort();
-    (out, end)
+    hostile::exchange(addr, raw, bound).await.expect("connect")
 }
 
 /// The status line of each response.

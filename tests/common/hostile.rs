@@ -1,7 +1,8 @@
 //! Hostile HTTP/1.1 requests for the gateway's edge (issue 23), each with
 //! the outcome the gateway must have.
 //!
-//! Plain data and `std` only: `tests/edge_hostile.rs` sends every case to
+//! Plain data, and one raw tokio client ([`exchange`]) that sends a case:
+//! `tests/edge_hostile.rs` sends every case to
 //! the real gateway and asserts [`Case::statuses`] and [`Case::upstream`]
 //! exactly; `examples/edgecheck.rs` sends the same bytes to any HTTP/1.1
 //! server (`scripts/edge-compare.sh` puts nginx beside the gateway). Both
@@ -593,4 +594,63 @@ fn skip_chunked(mut bytes: &[u8]) -> Option<&[u8]> {
         }
         bytes = bytes.get(size..)?.strip_prefix(b"\r\n")?;
     }
+}
+
+// === a raw client ===
+
+/// How an [`exchange`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The server closed the connection (end of stream).
+    Closed,
+    /// The connection was reset.
+    Reset,
+    /// Neither within the bound.
+    TimedOut,
+}
+
+impl End {
+    /// `closed`, `reset` or `timeout`: a table cell.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Reset => "reset",
+            End::TimedOut => "timeout",
+        }
+    }
+}
+
+/// Writes `raw` on a new connection to `addr` while reading until the
+/// server closes it, at most `bound`; returns what was read and how it
+/// ended. A write cut short by the server's close is expected (a head over
+/// the budget is refused before it is all sent). The write side is kept
+/// open (no half-close): some servers read an end of stream as the client
+/// leaving and drop the answer.
+pub async fn exchange(
+    addr: std::net::SocketAddr,
+    raw: Vec<u8>,
+    bound: std::time::Duration,
+) -> std::io::Result<(Vec<u8>, End)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&raw).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let end = tokio::time::timeout(bound, async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => return End::Closed,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(_) => return End::Reset,
+            }
+        }
+    })
+    .await
+    .unwrap_or(End::TimedOut);
+    writer.abort();
+    Ok((out, end))
 }
