@@ -26,7 +26,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up"; exit 1; }
+. scripts/lib-serve.sh
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 taskset -c "$PROXY_CPU" "$GATEWAY" --demo-upstream-only --listen "127.0.0.1:$UP" --no-access-log >/dev/null 2>&1 &

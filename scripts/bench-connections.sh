@@ -47,14 +47,8 @@ if [ $((IN_FLIGHT * 2)) -gt "$fit" ]; then
   IN_FLIGHT=$((fit / 2))
 fi
 
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light
-}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+. scripts/lib-serve.sh
+need_nginx
 
 cargo build --release --quiet --example connhold
 if [ -z "${GATEWAY:-}" ]; then
@@ -81,7 +75,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib-port.sh
 
 # The upstream both proxies forward to: the demo upstream, its own process.
 RUST_LOG=warn "$GATEWAY" --demo-upstream-only --listen "127.0.0.1:$UP" &

@@ -29,7 +29,7 @@ command -v wrk >/dev/null || { echo "wrk is required" >&2; exit 2; }
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-. "$(dirname "$0")/lib-port.sh"
+. "$(dirname "$0")/lib-serve.sh"
 ticks() { local rest; rest=$(sed 's/.*) //' "/proc/$1/stat"); set -- $rest; echo $((${12} + ${13})); }
 HZ=$(getconf CLK_TCK)
 

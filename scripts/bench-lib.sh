@@ -41,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib-port.sh
+. scripts/lib-serve.sh
 
 # CPU ticks of a set of pids (all their threads): "utime stime", summed.
 ticks() {

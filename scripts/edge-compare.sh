@@ -19,14 +19,8 @@ UP_PORT=$BASE
 NGINX_PORT=$((BASE + 1))
 GW_PORT=$((BASE + 2))
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+. scripts/lib-serve.sh
+need_nginx
 
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -z "${GATEWAY:-}" ]; then
@@ -46,7 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib-port.sh
 
 # --- the demo upstream, shared by both proxies ---
 RUST_LOG=warn "$GATEWAY" --demo-upstream-only --no-access-log --workers 1 \

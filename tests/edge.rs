@@ -862,12 +862,7 @@ async fn http2_advertises_the_head_budget_and_refuses_heads_over_it() {
 /// The address of the admin listener, from its start-up line.
 fn admin_addr(gw: &Gateway) -> SocketAddr {
     let line = gw.wait_for_line("admin surface on http://");
-    let start = line.find("http://").expect("an address") + "http://".len();
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
-        .unwrap_or(rest.len());
-    rest[..end].parse().expect("a socket address")
+    common::parse_listening(&line, "admin surface on http://").expect("a socket address")
 }
 
 /// `method path` on `addr` over a raw HTTP/1.1 exchange: the status line

@@ -316,7 +316,9 @@ impl Drop for Gateway {
     }
 }
 
-fn parse_listening(line: &str, prefix: &str) -> Option<SocketAddr> {
+/// The socket address that follows `prefix` in a log `line` (a start-up
+/// line such as `listening on http://ADDR`).
+pub fn parse_listening(line: &str, prefix: &str) -> Option<SocketAddr> {
     let start = line.find(prefix)? + prefix.len();
     // In "listening on http://..." make sure we did not match the tail of
     // "demo upstream listening on http://...".
