@@ -80,7 +80,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{Cli, Config};
 use crate::proxy::Upstreams;
 use crate::routes::{BuiltinRoutesLayer, Readiness, Routes, RoutesState};
-use crate::stack::{ConnectionService, Shared};
+use crate::stack::{ConnectionService, Fixed};
 use crate::telemetry::{RequestMetrics, TelemetryLayer, UpstreamMetrics};
 use crate::upstream::Faults;
 
@@ -170,25 +170,16 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let background = coordinator.scope().child("background");
     let backends = coordinator.scope().child("backends");
 
-    // `Config::validate` has checked every section, so these builders cannot
-    // fail on configuration grounds; they run after the recorder, so their
-    // metrics register, and before anything is bound.
-    // Without configured upstreams there is one: the demo upstream below.
+    // `Config::validate` has checked every section, so the builders below
+    // (here and in `reload::start`, which builds layers 3-9 once for the
+    // start-up configuration) cannot fail on configuration grounds; they
+    // run after the recorder, so their metrics register, and before
+    // anything is bound. Without configured upstreams there is one: the
+    // demo upstream below.
     // Hook (reload.rs): the limiters and breakers come from the carry-over
     // set, so a reload keeps the ones whose parameters did not change.
     let carry = Arc::new(palisade::reload::Carry::new());
-    let mut pass = carry.pass();
-    let ratelimit = ratelimit::layer_carried(&config.ratelimit, Some(&mut pass))?;
-    let breaker =
-        breaker::layer_carried(&config.breaker, &reload::upstream_names(&config), &mut pass)?;
-    let limits = limit::limits_carried(&config.limit, &reload::upstream_names(&config), &mut pass)?;
-    let global_limit = limit::global_carried(&config.limit, &mut pass)?;
-    pass.commit();
-    let upstream_count = upstreams.len().max(1);
     let batch = batch::layer(&config.batch)?;
-    let batch_breaker = breaker::for_batches(&breaker, &config.breaker)?;
-    scatter::check(&config.scatter, upstreams.len().max(1))?;
-    let hedge = hedge::settings(&config.hedge)?;
     // Only when the access log is on at all (`--no-access-log` wins).
     let access_log = if config.log.access_log {
         access_log::start(&config.access_log)?
@@ -235,32 +226,33 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
     let request_metrics = Arc::new(RequestMetrics::new());
     // Hook (reload.rs): the final list, the demo upstream included.
     let upstream_uris = upstreams.clone();
-    let upstreams = Arc::new(Upstreams::new(&upstreams, config.upstream.balance));
-    let upstream_metrics = Arc::new(UpstreamMetrics::new(&upstreams));
-    // Validated above; now the upstream list is final.
-    let scatter = scatter::route(&config.scatter, &upstreams, &config.upstream)?;
-    let hedge = hedge::layer(hedge, &upstreams, &config.upstream);
-    let breakers = breaker::breakers(&breaker, upstream_count);
-    let classifier = breaker::upstream_classifier(&config.breaker)?;
-    let proxy = proxy::Proxy::with_retries(
-        &upstreams,
-        &breakers,
-        classifier,
-        &upstream_metrics,
-        &config.upstream,
-    );
     let drain = Drain::new();
-    let items = batch.map(|layer| {
-        batch::start(
-            layer,
-            upstreams.clone(),
-            upstream_metrics.clone(),
-            batch_breaker,
-            &config.upstream,
-        )
-    });
+    // The batcher owns its upstream stack (so `[batch]` and, while it is on,
+    // the upstream list change only on restart); its breakers are the
+    // proxied path's, from the same carry-over set, so a batch and a
+    // proxied call to one upstream count in one breaker.
+    let items = match batch {
+        Some(layer) => {
+            let mut pass = carry.pass();
+            let breaker = breaker::layer_carried(
+                &config.breaker,
+                &reload::upstream_names(&config),
+                &mut pass,
+            )?;
+            pass.commit();
+            let upstreams = Arc::new(Upstreams::new(&upstreams, config.upstream.balance));
+            Some(batch::start(
+                layer,
+                upstreams.clone(),
+                Arc::new(UpstreamMetrics::new(&upstreams)),
+                breaker::for_batches(&breaker, &config.breaker)?,
+                &config.upstream,
+            ))
+        }
+        None => None,
+    };
     let batch_handle = items.as_ref().map(|items| items.handle.clone());
-    let shared = Shared {
+    let fixed = Fixed {
         telemetry: TelemetryLayer::new(request_metrics.clone(), routes)
             .with_access_log(access_log.as_ref().map(|a| a.sink.clone())),
         edge: edge::EdgeLayer::new(&config.server),
@@ -271,27 +263,17 @@ async fn run(cli: Arc<Cli>, config: Config) -> Result<u8, BoxError> {
             metrics,
             faults,
         }),
-        upstream_metrics,
-        upstreams,
         drain: drain.clone(),
-        ratelimit,
-        breakers,
-        limits,
-        global_limit,
-        classifier,
-        proxy,
         items,
-        scatter: scatter::ScatterLayer::new(scatter),
-        hedge,
-        config,
     };
-    let config = shared.config.clone();
     let config = &config;
-    // Hook (reload.rs): layers 3-9 are hot-swappable under 1-2; every
-    // worker serves the same reloadable stack.
+    // Hook (reload.rs): layers 3-9 are built here, once, and are
+    // hot-swappable under 1-2; every worker serves the same reloadable
+    // stack.
     let (stack, admin_reload) = reload::start(
         cli,
-        shared,
+        config.clone(),
+        fixed,
         &upstream_uris,
         faults_present,
         carry,

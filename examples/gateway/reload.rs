@@ -47,7 +47,7 @@ use tower::{BoxError, Layer, Service};
 use crate::body::Body;
 use crate::config::{Cli, Config, ConfigError};
 use crate::proxy::{Proxy, Upstreams};
-use crate::stack::{self, Shared};
+use crate::stack::{self, Fixed, Shared};
 use crate::telemetry::UpstreamMetrics;
 
 /// `[reload]` section.
@@ -125,13 +125,15 @@ fn restart_only(running: &Config, next: &Config) -> Result<(), ConfigError> {
 /// What every generation shares with the start-up one.
 struct Base {
     startup: Config,
-    shared: Shared,
+    fixed: Fixed,
     demo: Option<Uri>,
     carry: Arc<Carry>,
 }
 
 /// Builds layers 3-9 from `loaded`, asking `carry` for the limiters and
-/// breakers (the carried set changes only when the whole build succeeds).
+/// breakers (the carried set changes only when the whole build succeeds):
+/// the one place a generation is built, for the start-up configuration
+/// and for every reload.
 fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     let config = &loaded.config;
     restart_only(&base.startup, config)?;
@@ -161,16 +163,12 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
     );
     // Last fallible step done: only now the carried set becomes this one.
     let carried = pass.commit();
-    tracing::info!(kept = ?carried.kept, fresh = ?carried.fresh, dropped = ?carried.dropped, "reload: stateful layers carried over");
+    tracing::info!(kept = ?carried.kept, fresh = ?carried.fresh, dropped = ?carried.dropped, "stateful layers carried over");
     Ok(Shared {
+        fixed: base.fixed.clone(),
         config: config.clone(),
-        telemetry: base.shared.telemetry.clone(),
-        edge: base.shared.edge.clone(),
-        routes: base.shared.routes.clone(),
         upstreams,
         upstream_metrics,
-        in_flight: base.shared.in_flight.clone(),
-        drain: base.shared.drain.clone(),
         ratelimit,
         breakers,
         limits,
@@ -178,19 +176,20 @@ fn generation(base: &Base, loaded: &Loaded) -> Result<Shared, ConfigError> {
         classifier,
         proxy,
         scatter: crate::scatter::ScatterLayer::new(scatter),
-        items: base.shared.items.clone(),
         hedge,
     })
 }
 
-/// Serves `shared` (the start-up generation, built from `carry`) through a
-/// reloader, spawns the SIGHUP handler in `background`, and returns the
+/// Builds the start-up generation of layers 3-9 from `config` over `fixed`
+/// (its limiters and breakers from `carry`), serves it through a reloader,
+/// spawns the SIGHUP handler in `background`, and returns the
 /// whole stack (layers 1-2, the admin route, then the newest generation)
 /// and the admin route for the admin listener. With `server.admin_listen`
 /// set, the route is in the second and the stack's is a pass-through.
 pub fn start(
     cli: Arc<Cli>,
-    shared: Shared,
+    config: Config,
+    fixed: Fixed,
     upstreams: &[Uri],
     demo: bool,
     carry: Arc<Carry>,
@@ -210,16 +209,17 @@ pub fn start(
     ),
     BoxError,
 > {
-    let admin = shared.config.reload.admin;
-    let separate = shared.config.server.admin_listen.is_some();
+    let admin = config.reload.admin;
+    let separate = config.server.admin_listen.is_some();
+    let layers = config.stack.clone();
     let initial = Loaded {
-        config: shared.config.clone(),
+        config: config.clone(),
         upstreams: if demo { Vec::new() } else { upstreams.to_vec() },
     };
     let base = Arc::new(Base {
-        startup: shared.config.clone(),
+        startup: config,
         demo: demo.then(|| upstreams[0].clone()),
-        shared,
+        fixed,
         carry,
     });
     let reloader = {
@@ -251,7 +251,10 @@ pub fn start(
     // (the version is on the `reload` tracing span), and inserting it
     // allocates once per request.
     let generations = reloader.service().stamp_requests(false);
-    Ok((stack::outer(&base.shared, public.layer(generations)), admin))
+    Ok((
+        stack::outer(&base.fixed, &layers, public.layer(generations)),
+        admin,
+    ))
 }
 
 /// Runs one reload.

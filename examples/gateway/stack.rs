@@ -115,11 +115,10 @@ use crate::switch::LayerName;
 use crate::telemetry::{TelemetryLayer, UpstreamMetrics};
 use crate::upstream_timeout::UpstreamTimeoutLayer;
 
-/// What the stack is built from, created once at start-up.
-#[derive(Debug)]
-pub struct Shared {
-    /// The validated configuration.
-    pub config: Config,
+/// The parts of the stack built once at start-up and kept by every
+/// generation: layers 1-2, the in-flight slots, the drain and the batcher.
+#[derive(Debug, Clone)]
+pub struct Fixed {
     /// Layer 1.
     pub telemetry: TelemetryLayer,
     /// Layer 1a: method, `Host` and head-budget checks (`edge.rs`).
@@ -128,12 +127,25 @@ pub struct Shared {
     pub routes: BuiltinRoutesLayer,
     /// Layer 3a: its slots are shared by every connection.
     pub in_flight: InFlightLimitLayer,
+    /// Layer 4's handle: the shutdown's drain phase starts it.
+    pub drain: palisade_shutdown::Drain,
+    /// Layer 5b's batcher, when `[batch]` is on.
+    pub items: Option<crate::batch::Items>,
+}
+
+/// What one generation of the stack is built from: the [`Fixed`] parts
+/// and those built from its configuration (`reload::generation`, the one
+/// place that builds them, at start-up and on every reload).
+#[derive(Debug)]
+pub struct Shared {
+    /// The parts every generation shares.
+    pub fixed: Fixed,
+    /// The validated configuration.
+    pub config: Config,
     /// The upstreams layer 6 chooses from.
     pub upstreams: Arc<Upstreams>,
     /// Upstream error counters layer 6 records into.
     pub upstream_metrics: Arc<UpstreamMetrics>,
-    /// Layer 4's handle: the shutdown's drain phase starts it.
-    pub drain: palisade_shutdown::Drain,
     /// Layer 5, built (and so validated) before any port is bound.
     pub ratelimit: crate::ratelimit::RateLimitLayer,
     /// Layer 6's breakers, one per upstream (index order).
@@ -149,8 +161,6 @@ pub struct Shared {
     pub proxy: Proxy,
     /// Layer 5a (a pass-through without `[scatter] path`).
     pub scatter: crate::scatter::ScatterLayer,
-    /// Layer 5b's batcher, when `[batch]` is on.
-    pub items: Option<crate::batch::Items>,
     /// Layer 5c (a pass-through unless `[hedge] enabled`).
     pub hedge: crate::hedge::HedgeLayer,
 }
@@ -165,7 +175,8 @@ pub struct Shared {
 /// Layers 1-2 over `inner` (the proxied stack, or the reloadable service
 /// that routes to its newest generation).
 pub fn outer<S>(
-    shared: &Shared,
+    fixed: &Fixed,
+    layers: &crate::switch::StackConfig,
     inner: S,
 ) -> impl Service<
     Request<Incoming>,
@@ -188,13 +199,12 @@ where
 {
     // `[stack] layers` (switch.rs) may leave optional layers out, for
     // per-layer benchmarks; by default every layer is built.
-    let layers = &shared.config.stack;
     ServiceBuilder::new()
-        .layer(layers.switch(LayerName::Telemetry, shared.telemetry.clone()))
+        .layer(layers.switch(LayerName::Telemetry, fixed.telemetry.clone()))
         // Always built, like the error mapping: a safety check, not a
         // pattern to benchmark alone.
-        .layer(shared.edge.clone())
-        .layer(layers.switch(LayerName::Routes, shared.routes.clone()))
+        .layer(fixed.edge.clone())
+        .layer(layers.switch(LayerName::Routes, fixed.routes.clone()))
         .service(inner)
 }
 
@@ -243,19 +253,19 @@ pub fn proxied(
     );
     ServiceBuilder::new()
         .layer(ErrorResponseLayer)
-        .layer(layers.switch(LayerName::Shed, shared.in_flight.clone()))
+        .layer(layers.switch(LayerName::Shed, shared.fixed.in_flight.clone()))
         .option_layer(
             shared
                 .global_limit
                 .clone()
                 .map(|limiter| crate::limit::global_layer(limiter, &config.limit)),
         )
-        .layer(layers.switch(LayerName::Drain, shared.drain.layer()))
+        .layer(layers.switch(LayerName::Drain, shared.fixed.drain.layer()))
         .layer(layers.switch(LayerName::Ratelimit, shared.ratelimit.clone()))
         .layer(layers.switch(LayerName::Scatter, shared.scatter.clone()))
         .layer(layers.switch(
             LayerName::Batch,
-            ItemsRouteLayer::new(shared.items.as_ref().map(|items| items.batch.clone())),
+            ItemsRouteLayer::new(shared.fixed.items.as_ref().map(|items| items.batch.clone())),
         ))
         .layer(layers.switch(LayerName::Hedge, shared.hedge.clone()))
         .layer(choose)
