@@ -1,10 +1,12 @@
 //! `[breaker]`: one circuit breaker per upstream (`palisade-breaker`).
 //!
-//! The breaker sits between the upstream choice and the timeout (see
-//! `stack.rs`), keyed by `Upstream::index`, so each upstream opens and closes
-//! on its own, and a timeout or a connection error counts as a failure like a
-//! 5xx answer. An open breaker answers `503 Service Unavailable` with
-//! `Retry-After` (rounded up to whole seconds) without touching the upstream.
+//! The breakers are part of the upstream choice (`balance.rs`, layer 6 in
+//! `stack.rs`), one per upstream, keyed by `Upstream::index`, so each
+//! upstream opens and closes on its own; they wrap the timeout, so a
+//! timeout or a connection error counts as a failure like a 5xx answer. An
+//! open breaker takes its upstream out of the rotation; only when every
+//! upstream refuses is the request answered `503 Service Unavailable` with
+//! `Retry-After` (rounded up to whole seconds), without an upstream call.
 //! Breakers are named `upstream/<index>` in `/metrics`
 //! (`palisade_breaker_state{breaker="upstream/0"}`: 0 closed, 1 open,
 //! 2 half-open) and in the logs.

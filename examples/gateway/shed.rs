@@ -1,4 +1,4 @@
-//! Layer 4a: the global in-flight cap, `server.max_in_flight`.
+//! Layer 3a: the global in-flight cap, `server.max_in_flight`.
 //!
 //! Every request below the built-in routes holds one slot from readiness
 //! until its response head; when none is free the request is shed at once

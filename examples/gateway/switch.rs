@@ -45,7 +45,8 @@ pub enum LayerName {
     Batch,
     /// 5c: `[hedge]`.
     Hedge,
-    /// 7: one circuit breaker per upstream.
+    /// The per-upstream circuit breakers inside the upstream choice (6);
+    /// left out, the choice is plain balancing.
     Breaker,
 }
 
